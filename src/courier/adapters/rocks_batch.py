@@ -1,0 +1,305 @@
+"""One group commit on RocksDB: applies a list of operations to a single WriteBatch.
+
+Runs on the store's writer thread only. The writer is the only mutator of the database, so
+reads made here (heads, metas, dedupe keys) cannot race with another writer; values changed
+earlier in the same batch are served from the overlay dictionaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from rocksdict import Rdict, WriteBatch
+
+from courier.adapters import rocks_keys as K
+from courier.domain.errors import CourierError, bad_request, unknown_user
+from courier.domain.events import MessageEvent, ReceiptEvent, encode_event, peek
+from courier.domain.ops import (
+    AckAdvance,
+    AdvanceAck,
+    AppendMessage,
+    AppendReceipt,
+    CreateUser,
+    DeleteToken,
+    MarkRead,
+    Published,
+    PutToken,
+    SendResult,
+    Sweep,
+    TokenRecord,
+    UserRecord,
+    WriteOp,
+)
+
+_MISSING = object()
+
+
+class Batch:
+    def __init__(self, db: Rdict, known_users: set[str]) -> None:
+        self.db = db
+        self.wb = WriteBatch(raw_mode=True)
+        self.known_users = known_users
+        self.new_users: list[str] = []
+        self._kv: dict[bytes, bytes | None] = {}
+        self._heads: dict[str, int] = {}
+        self._committed_heads: dict[str, int] = {}
+        # (owner, peer) -> [last_seq, in_total, read_seq, read_ordinal, last_in_cp, orig_last]
+        self._metas: dict[tuple[str, str], list[int]] = {}
+        self._sent: dict[bytes, SendResult] = {}
+        self.published = 0
+
+    # ---- overlay primitives -------------------------------------------------------------
+    def get(self, key: bytes) -> bytes | None:
+        value = self._kv.get(key, _MISSING)
+        if value is _MISSING:
+            return self.db.get(key)  # type: ignore[no-any-return]
+        return value  # type: ignore[return-value]
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._kv[key] = value
+        self.wb.put(key, value)
+
+    def delete(self, key: bytes) -> None:
+        self._kv[key] = None
+        self.wb.delete(key)
+
+    def committed_head(self, user: str) -> int:
+        head = self._committed_heads.get(user)
+        if head is None:
+            raw = self.db.get(K.head_key(user))
+            head = K.unpack_u64(raw) if raw else 0
+            self._committed_heads[user] = head
+        return head
+
+    def next_seq(self, user: str) -> int:
+        seq = self._heads.get(user)
+        if seq is None:
+            seq = self.committed_head(user)
+        seq += 1
+        self._heads[user] = seq
+        return seq
+
+    def user_exists(self, user: str) -> bool:
+        if user in self.known_users:
+            return True
+        if self.get(K.user_key(user)) is not None:
+            if len(self.known_users) > 200_000:
+                self.known_users.clear()
+            self.known_users.add(user)
+            return True
+        return False
+
+    def meta(self, owner: str, peer: str) -> list[int] | None:
+        meta = self._metas.get((owner, peer))
+        if meta is None:
+            raw = self.db.get(K.meta_key(owner, peer))
+            if raw is None:
+                return None
+            meta = K.unpack_meta(raw)
+            meta.append(meta[0])
+            self._metas[(owner, peer)] = meta
+        return meta
+
+    def finish(self) -> None:
+        """Write the values kept in the overlays once per batch, not once per operation."""
+        for user, seq in self._heads.items():
+            self.wb.put(K.head_key(user), K.pack_u64(seq))
+        for (owner, peer), meta in self._metas.items():
+            if meta[0] == 0:  # dropped by retention
+                self.wb.delete(K.meta_key(owner, peer))
+            else:
+                self.wb.put(K.meta_key(owner, peer), K.pack_meta(meta))
+            if meta[5] != meta[0]:
+                if meta[5]:
+                    self.wb.delete(K.recent_key(owner, meta[5]))
+                if meta[0]:
+                    self.wb.put(K.recent_key(owner, meta[0]), peer.encode())
+
+    # ---- operations ---------------------------------------------------------------------
+    def apply(self, op: WriteOp) -> Any:
+        handler: Callable[[Any], Any] = getattr(self, _HANDLERS[type(op)])
+        return handler(op)
+
+    def create_user(self, op: CreateUser) -> bool:
+        key = K.user_key(op.username)
+        if self.get(key) is not None:
+            return False
+        record = UserRecord(op.username, op.password_hash, op.ts)
+        self.put(key, msgspec.msgpack.encode(record))
+        self.new_users.append(op.username)
+        return True
+
+    def put_token(self, op: PutToken) -> None:
+        record = TokenRecord(op.username, op.device, op.ts)
+        self.put(K.token_key(op.token_hash), msgspec.msgpack.encode(record))
+
+    def delete_token(self, op: DeleteToken) -> None:
+        self.delete(K.token_key(op.token_hash))
+
+    def append_message(self, op: AppendMessage) -> SendResult:
+        sender, recipient = op.sender, op.recipient
+        dkey = K.dedupe_key(sender, sender, op.client_id)
+        earlier = self._sent.get(dkey)
+        if earlier is not None:
+            return SendResult(earlier.id, earlier.seq, earlier.ts, earlier.client_id, True)
+        raw_seq = self.get(dkey)
+        if raw_seq is not None:
+            return self._original_answer(sender, K.unpack_u64(raw_seq), op.client_id)
+        if sender == recipient:
+            raise bad_request("A message needs a recipient other than its sender.")
+        if not self.user_exists(recipient):
+            raise unknown_user(recipient)
+        rseq = self.next_seq(recipient)
+        sseq = self.next_seq(sender)
+        incoming = encode_event(
+            MessageEvent(
+                seq=rseq, id=op.id, from_=sender, to=recipient, body=op.body, ts=op.ts,
+                client_id=op.client_id,
+            )
+        )
+        outgoing = encode_event(
+            MessageEvent(
+                seq=sseq, id=op.id, from_=sender, to=recipient, body=op.body, ts=op.ts,
+                client_id=op.client_id,
+            )
+        )
+        # Recipient first, then sender: within one WriteBatch both land atomically anyway.
+        self.wb.put(K.timeline_key(recipient, rseq), K.timeline_value(K.KIND_IN, sseq, sender, incoming))
+        self.wb.put(K.timeline_key(sender, sseq), K.timeline_value(K.KIND_OUT, rseq, recipient, outgoing))
+        self._touch_conversation(recipient, sender, rseq, sseq, incoming=True)
+        self._touch_conversation(sender, recipient, sseq, rseq, incoming=False)
+        self.put(dkey, K.pack_u64(sseq))
+        result = SendResult(
+            op.id, sseq, op.ts, op.client_id, False,
+            (Published(recipient, rseq, incoming), Published(sender, sseq, outgoing)),
+        )
+        self._sent[dkey] = result
+        return result
+
+    def _original_answer(self, sender: str, seq: int, client_id: str) -> SendResult:
+        raw = self.db.get(K.timeline_key(sender, seq))
+        if raw is None:
+            raise CourierError("store_inconsistent", "The original message is gone.", 500)
+        ev = peek(K.event_of(raw))
+        return SendResult(ev.id, seq, ev.ts, client_id, True)
+
+    def _touch_conversation(
+        self, owner: str, peer: str, seq: int, counterpart: int, *, incoming: bool
+    ) -> None:
+        meta = self.meta(owner, peer)
+        if meta is None:
+            meta = [0, 0, 0, 0, 0, 0]
+            self._metas[(owner, peer)] = meta
+        if incoming:
+            meta[1] += 1
+            meta[4] = counterpart
+        meta[0] = seq
+        self.wb.put(K.conv_key(owner, peer, seq), K.pack_conv(meta[1], meta[4]))
+
+    def advance_ack(self, op: AdvanceAck) -> AckAdvance:
+        seq = min(op.seq, self.committed_head(op.user))
+        dkey = K.ack_key(op.user, op.device)
+        raw = self.get(dkey)
+        if raw is None or K.unpack_u64(raw) < seq:
+            self.put(dkey, K.pack_u64(seq))
+        mkey = K.ack_max_key(op.user)
+        raw = self.get(mkey)
+        before = K.unpack_u64(raw) if raw else 0
+        if seq > before:
+            self.put(mkey, K.pack_u64(seq))
+            return AckAdvance(before, seq)
+        return AckAdvance(before, before)
+
+    def mark_read(self, op: MarkRead) -> int:
+        seq = min(op.seq, self.committed_head(op.user))
+        meta = self.meta(op.user, op.peer)
+        if meta is None:
+            return 0
+        prefix = K.conv_prefix(op.user, op.peer)
+        it = self.db.iter()
+        it.seek_for_prev(prefix + K.pack_u64(seq))
+        if not it.valid() or not it.key().startswith(prefix):
+            return 0
+        ordinal, counterpart = K.unpack_conv(it.value())
+        if seq > meta[2]:
+            meta[2], meta[3] = seq, ordinal
+        # Answered even when the marker did not move, so a receipt lost to a crash after
+        # this commit is produced by the client's next read (receipts are max-registers).
+        return counterpart
+
+    def append_receipt(self, op: AppendReceipt) -> Published | None:
+        key = K.receipt_key(op.owner, op.peer, op.status)
+        raw = self.get(key)
+        if raw is not None and K.unpack_u64(raw) >= op.up_to:
+            return None
+        self.put(key, K.pack_u64(op.up_to))
+        if op.status == "read":  # read implies delivered: no later, smaller delivered receipt
+            dkey = K.receipt_key(op.owner, op.peer, "delivered")
+            draw = self.get(dkey)
+            if draw is None or K.unpack_u64(draw) < op.up_to:
+                self.put(dkey, K.pack_u64(op.up_to))
+        seq = self.next_seq(op.owner)
+        event = encode_event(
+            ReceiptEvent(seq=seq, status=op.status, peer=op.peer, up_to=op.up_to, ts=op.ts)
+        )
+        self.wb.put(
+            K.timeline_key(op.owner, seq), K.timeline_value(K.KIND_RECEIPT, 0, op.peer, event)
+        )
+        return Published(op.owner, seq, event)
+
+    def sweep(self, op: Sweep) -> tuple[int, str]:
+        dropped, last_user, visited = 0, "", 0
+        it = self.db.iter()
+        it.seek(K.user_key(op.start_user) + b"\x00" if op.start_user else K.USER_PREFIX)
+        users: list[str] = []
+        while it.valid() and visited < op.max_users:
+            key = it.key()
+            if not key.startswith(K.USER_PREFIX):
+                break
+            users.append(key[1:].decode())
+            visited += 1
+            it.next()
+        for user in users:
+            dropped += self._sweep_user(user, op.cutoff_ts)
+            last_user = user
+        return dropped, last_user
+
+    def _sweep_user(self, user: str, cutoff_ts: int) -> int:
+        prefix = K.timeline_prefix(user)
+        it = self.db.iter()
+        it.seek(prefix)
+        dropped = 0
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            kind, _cp, peer, event = K.parse_timeline_value(it.value())
+            ev = peek(event)
+            if ev.ts >= cutoff_ts:
+                break
+            seq = K.seq_of(key)
+            self.wb.delete(key)
+            if kind != K.KIND_RECEIPT:
+                self.wb.delete(K.conv_key(user, peer, seq))
+                meta = self.meta(user, peer)
+                if meta is not None and meta[0] == seq:
+                    meta[0] = 0  # the newest message of the conversation is gone
+                if kind == K.KIND_OUT:
+                    self.delete(K.dedupe_key(user, user, ev.client_id))
+            dropped += 1
+            it.next()
+        return dropped
+
+
+_HANDLERS: dict[type, str] = {
+    CreateUser: "create_user",
+    PutToken: "put_token",
+    DeleteToken: "delete_token",
+    AppendMessage: "append_message",
+    AdvanceAck: "advance_ack",
+    MarkRead: "mark_read",
+    AppendReceipt: "append_receipt",
+    Sweep: "sweep",
+}

@@ -1,0 +1,137 @@
+"""RocksDB key layout (documented in docs/storage.md).
+
+Keys follow the seed's HBase row-key idea: a one-byte family prefix, then the owning user, so
+that everything of one user is contiguous and every read is a point get or a range scan.
+Usernames never contain NUL, so NUL separates components and keeps prefixes unambiguous
+("bob\\0" sorts before "bobby"). Seqs are 8-byte big-endian, so byte order is numeric order.
+"""
+
+from __future__ import annotations
+
+import struct
+
+SEP = b"\x00"
+_Q = struct.Struct(">Q")
+pack_u64 = _Q.pack
+
+
+def unpack_u64(raw: bytes) -> int:
+    value: int = _Q.unpack(raw)[0]
+    return value
+
+
+def _u(user: str) -> bytes:
+    return user.encode()
+
+
+def user_key(user: str) -> bytes:
+    return b"u" + _u(user)
+
+
+USER_PREFIX = b"u"
+
+
+def token_key(token_hash: bytes) -> bytes:
+    return b"k" + token_hash
+
+
+def head_key(user: str) -> bytes:
+    return b"h" + _u(user)
+
+
+def timeline_prefix(user: str) -> bytes:
+    return b"t" + _u(user) + SEP
+
+
+def timeline_key(user: str, seq: int) -> bytes:
+    return b"t" + _u(user) + SEP + _Q.pack(seq)
+
+
+def conv_prefix(user: str, peer: str) -> bytes:
+    return b"c" + _u(user) + SEP + _u(peer) + SEP
+
+
+def conv_key(user: str, peer: str, seq: int) -> bytes:
+    return conv_prefix(user, peer) + _Q.pack(seq)
+
+
+def meta_key(user: str, peer: str) -> bytes:
+    return b"m" + _u(user) + SEP + _u(peer)
+
+
+def recent_prefix(user: str) -> bytes:
+    return b"r" + _u(user) + SEP
+
+
+def recent_key(user: str, seq: int) -> bytes:
+    return recent_prefix(user) + _Q.pack(seq)
+
+
+def dedupe_key(owner: str, sender: str, client_id: str) -> bytes:
+    return b"d" + _u(owner) + SEP + _u(sender) + SEP + client_id.encode()
+
+
+def ack_key(user: str, device: str) -> bytes:
+    return b"a" + _u(user) + SEP + device.encode()
+
+
+def ack_max_key(user: str) -> bytes:
+    return b"A" + _u(user)
+
+
+def receipt_key(owner: str, peer: str, status: str) -> bytes:
+    return b"p" + _u(owner) + SEP + _u(peer) + SEP + status.encode()
+
+
+def seq_of(key: bytes) -> int:
+    """The trailing seq of a timeline, conversation or recency key."""
+    return unpack_u64(key[-8:])
+
+
+# Timeline values: a small header the writer and sweeper read without decoding JSON, then
+# the event exactly as it goes on the wire.
+KIND_IN = 1  # incoming message; counterpart = seq of the sender's outgoing copy
+KIND_OUT = 2  # outgoing copy; counterpart = seq in the recipient's timeline
+KIND_RECEIPT = 3
+_HDR = struct.Struct(">BQB")
+
+
+def timeline_value(kind: int, counterpart: int, peer: str, event: bytes) -> bytes:
+    p = _u(peer)
+    return _HDR.pack(kind, counterpart, len(p)) + p + event
+
+
+def parse_timeline_value(raw: bytes) -> tuple[int, int, str, bytes]:
+    """(kind, counterpart, peer, event JSON)."""
+    kind, counterpart, plen = _HDR.unpack_from(raw)
+    start = _HDR.size + plen
+    return kind, counterpart, raw[_HDR.size : start].decode(), raw[start:]
+
+
+def event_of(raw: bytes) -> bytes:
+    """The wire JSON of a stored timeline value."""
+    return raw[_HDR.size + raw[_HDR.size - 1] :]
+
+
+# Conversation entries: (incoming messages so far, sender-side seq of the newest incoming
+# message so far). Both are running values, so one seek answers "unread" and "read up to".
+_CONV = struct.Struct(">QQ")
+pack_conv = _CONV.pack
+
+
+def unpack_conv(raw: bytes) -> tuple[int, int]:
+    ordinal, counterpart = _CONV.unpack(raw)
+    return int(ordinal), int(counterpart)
+
+
+# Conversation meta: last_seq, incoming total, read_seq, read ordinal, newest incoming
+# counterpart.
+_META = struct.Struct(">QQQQQ")
+
+
+def pack_meta(meta: list[int]) -> bytes:
+    return _META.pack(*meta[:5])
+
+
+def unpack_meta(raw: bytes) -> list[int]:
+    return list(_META.unpack(raw))

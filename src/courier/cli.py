@@ -1,0 +1,54 @@
+"""The `courier` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from courier import __version__
+from courier.config import load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from courier.server import run
+
+    try:
+        settings = load_settings(
+            config_file=args.config, host=args.host, port=args.port, data_dir=args.data_dir
+        )
+    except (ValueError, OSError) as exc:
+        print(f"courier: {exc}", file=sys.stderr)
+        return 2
+    run(settings)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="courier", description="Courier messenger server.")
+    parser.add_argument("--version", action="version", version=f"courier {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run a server on the embedded default (RocksDB under --data-dir)",
+        description="Every option also reads COURIER_<NAME> from the environment "
+        "(COURIER_PORT, COURIER_DATA_DIR, COURIER_SEND_RATE, ...) and [courier] in --config.",
+    )
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 = any)")
+    serve.add_argument("--data-dir", help="where data lives (default ./courier-data)")
+    serve.add_argument("--config", help="a TOML file of settings")
+    serve.set_defaults(func=_serve)
+    try:
+        from courier.client.terminal import add_commands
+    except ImportError:
+        pass
+    else:
+        add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,137 @@
+"""The REST half of the protocol: one method per endpoint, errors mapped to typed exceptions."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+
+from courier.client.errors import AuthError, CourierError, RateLimited, error_from
+from courier.client.events import (
+    Conversation,
+    ConversationList,
+    ErrorBody,
+    EventPage,
+    HistoryPage,
+    Sent,
+    Session,
+)
+
+T = TypeVar("T")
+
+_sent_decoder = msgspec.json.Decoder(Sent)
+
+
+class HttpApi:
+    """Thin typed wrapper over the HTTP endpoints; holds no state besides the token."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str | None) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+
+    def _headers(self, auth: bool) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if auth:
+            if not self.token:
+                raise AuthError("unauthorized", "not logged in", 401)
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        auth: bool = True,
+        seconds: float = 30.0,
+    ) -> tuple[int, bytes]:
+        data = None if json is None else msgspec.json.encode(json)
+        headers = self._headers(auth)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        async with self.session.request(
+            method,
+            self.base_url + path,
+            data=data,
+            params=params,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=seconds),
+        ) as response:
+            body = await response.read()
+            if response.status >= 400:
+                raise _error(response.status, body, response.headers.get("Retry-After"))
+            return response.status, body
+
+    async def _get(self, path: str, into: type[T], **kwargs: Any) -> T:
+        _, body = await self._call("GET", path, **kwargs)
+        return msgspec.json.decode(body, type=into)
+
+    async def register(self, username: str, password: str) -> None:
+        await self._call(
+            "POST", "/v1/users", json={"username": username, "password": password}, auth=False
+        )
+
+    async def login(self, username: str, password: str) -> Session:
+        _, body = await self._call(
+            "POST", "/v1/sessions", json={"username": username, "password": password}, auth=False
+        )
+        return msgspec.json.decode(body, type=Session)
+
+    async def logout(self) -> None:
+        await self._call("DELETE", "/v1/sessions/current")
+
+    async def send(self, to: str, body: str, client_id: str) -> Sent:
+        _, answer = await self._call(
+            "POST", "/v1/messages", json={"to": to, "body": body, "client_id": client_id}
+        )
+        return _sent_decoder.decode(answer)
+
+    async def events(self, after: int, wait: float = 0, limit: int = 100) -> EventPage:
+        params = {"after": str(after), "wait": str(int(wait)), "limit": str(limit)}
+        return await self._get("/v1/events", EventPage, params=params, seconds=wait + 30.0)
+
+    async def ack(self, seq: int) -> None:
+        await self._call("POST", "/v1/ack", json={"seq": seq})
+
+    async def read(self, peer: str, seq: int) -> None:
+        await self._call("POST", "/v1/read", json={"peer": peer, "seq": seq})
+
+    async def conversations(self) -> list[Conversation]:
+        return (await self._get("/v1/conversations", ConversationList)).conversations
+
+    async def history(self, peer: str, before: int | None = None, limit: int = 50) -> HistoryPage:
+        params = {"limit": str(limit)}
+        if before is not None:
+            params["before"] = str(before)
+        path = f"/v1/conversations/{quote(peer, safe='')}/messages"
+        return await self._get(path, HistoryPage, params=params)
+
+    async def healthy(self) -> bool:
+        try:
+            status, _ = await self._call("GET", "/healthz", auth=False, seconds=5.0)
+        except (CourierError, aiohttp.ClientError, TimeoutError, OSError):
+            return False
+        return status == 200
+
+
+def _error(status: int, body: bytes, retry_after: str | None) -> CourierError:
+    try:
+        wire = msgspec.json.decode(body, type=ErrorBody).error
+        code, message = wire.code, wire.message
+    except msgspec.DecodeError:
+        code, message = f"http_{status}", body.decode("utf-8", "replace")[:200] or str(status)
+    if status == 429 or code == "rate_limited":
+        return RateLimited(message, _seconds(retry_after), status)
+    return error_from(code, message, status)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return None if value is None else max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,1 @@
+"""Types shared by every layer: events, store operations, errors, ids."""

@@ -1,0 +1,58 @@
+"""Prometheus metrics. One registry per server, so several servers can live in one process
+(tests) without clashing."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.connections = Gauge(
+            "courier_connections", "Live WebSocket connections on this node.", registry=r
+        )
+        self.longpolls = Gauge(
+            "courier_longpolls_held", "Long-poll requests being held on this node.", registry=r
+        )
+        self.messages_sent = Counter(
+            "courier_messages_sent", "Messages durably stored (retries not counted).", registry=r
+        )
+        self.duplicates = Counter(
+            "courier_send_retries", "Sends answered from the original (same client_id).",
+            registry=r,
+        )
+        self.events_pushed = Counter(
+            "courier_events_pushed", "Events written to live connections.", registry=r
+        )
+        self.send_to_push = Histogram(
+            "courier_send_to_push_seconds",
+            "From a send being accepted to its event being pushed to the recipient's devices.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.store_batch_size = Histogram(
+            "courier_store_batch_size", "Operations per group commit.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000), registry=r,
+        )
+        self.store_commit_seconds = Histogram(
+            "courier_store_commit_seconds", "Time to apply and durably commit one batch.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.slow_consumers = Counter(
+            "courier_slow_consumers", "Connections closed because they fell behind.", registry=r
+        )
+        self.errors = Counter(
+            "courier_errors", "Errors answered to clients, by code.", ["code"], registry=r
+        )
+        self.backend_up = Gauge(
+            "courier_backend_up", "1 when a backend is reachable.", ["backend"], registry=r
+        )
+        self.retention_dropped = Counter(
+            "courier_retention_dropped_events", "Events dropped by the retention sweep.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,98 @@
+"""The three ports the service depends on. Adapters implement them; config picks which."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from courier.domain.ops import Conversation, TokenRecord, UserRecord, WriteOp
+
+
+class Store(Protocol):
+    """Durable timelines, users, tokens and cursors.
+
+    Mutations go through `submit`, which returns at once with a future resolved after the
+    operation is durable (group commit). Reads are coroutines.
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def submit(self, op: WriteOp) -> asyncio.Future[Any]: ...
+
+    async def get_user(self, username: str) -> UserRecord | None: ...
+
+    async def get_token(self, token_hash: bytes) -> TokenRecord | None: ...
+
+    async def head(self, user: str) -> int: ...
+
+    async def ack_watermark(self, user: str) -> int:
+        """The highest seq any device of `user` has acknowledged."""
+        ...
+
+    async def events_after(self, user: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Events with seq > after, oldest first, at most `limit`."""
+        ...
+
+    async def incoming_summary(self, user: str, after: int, up_to: int) -> dict[str, int]:
+        """For incoming messages in (after, up_to] of `user`'s timeline: peer -> highest seq
+        of the matching outgoing copies in the peer's timeline."""
+        ...
+
+    async def conversations(self, user: str, limit: int) -> list[Conversation]:
+        """Most recent first."""
+        ...
+
+    async def history(
+        self, user: str, peer: str, before: int | None, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """Messages with `peer` in `user`'s timeline with seq < before, newest first."""
+        ...
+
+
+class Envelope(msgspec.Struct, array_like=True, frozen=True):
+    """What the broker carries to the node(s) holding `user`'s connections."""
+
+    user: str
+    kind: int
+    seq: int = 0
+    data: bytes = b""
+    skip: str = ""  # id of the connection that must not get this event (the sender's own)
+    t0: float = 0.0  # wall-clock time the send was accepted, for the send-to-push histogram
+
+
+EVENT = 1  # a timeline event (data = wire JSON)
+TYPING = 2  # an ephemeral frame (data = wire JSON)
+REVOKE = 3  # a token was revoked (data = token hash): close connections that used it
+
+Sink = Callable[[Envelope], None]
+
+
+class Broker(Protocol):
+    """Delivers envelopes to whichever node holds the user's connections."""
+
+    async def start(self, sink: Sink) -> None: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def publish(self, envelope: Envelope) -> None:
+        """Fire and forget: a lost envelope is recovered by the client's resync by seq."""
+        ...
+
+    def watch(self, user: str) -> None:
+        """This node now holds a connection of `user`."""
+        ...
+
+    def unwatch(self, user: str) -> None:
+        """This node holds no connection of `user` any more."""
+        ...

@@ -1,0 +1,146 @@
+"""The composition root: builds the adapters chosen by configuration, the service and the
+transport, and runs them on uvloop until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+import socket
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+from argon2 import PasswordHasher
+
+from courier.adapters.local_broker import LocalBroker
+from courier.adapters.rocks_store import RocksStore
+from courier.config import Settings
+from courier.metrics import Metrics
+from courier.service.accounts import Accounts
+from courier.service.delivery import Delivery
+from courier.service.registry import Registry
+from courier.service.retention import run_retention
+from courier.transport.app import build_app
+from courier.transport.http_api import HttpApi
+from courier.transport.ws import WsEndpoint, WsSettings
+
+log = logging.getLogger("courier")
+
+
+def raise_fd_limit() -> int:
+    """Use every file descriptor the hard limit allows: each socket needs one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = RocksStore(
+            str(Path(settings.data_dir) / "store"),
+            metrics=self.metrics,
+            batch_max=settings.store_batch_max,
+            cache_mb=settings.store_cache_mb,
+        )
+        self.broker = LocalBroker()
+        self.registry = Registry(self.broker, self.metrics, settings.max_connections_per_user)
+        hasher = PasswordHasher(
+            time_cost=settings.argon2_time_cost,
+            memory_cost=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+        )
+        self.accounts = Accounts(self.store, self.broker, hasher)
+        self.delivery = Delivery(
+            self.store,
+            self.broker,
+            self.metrics,
+            body_max_chars=settings.body_max_chars,
+            send_rate=settings.send_rate,
+            send_burst=settings.send_burst,
+            typing_rate=settings.typing_rate,
+            typing_burst=settings.typing_burst,
+        )
+        self._runner: web.AppRunner | None = None
+        self._retention: asyncio.Task[None] | None = None
+        self.port = settings.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        s = self.settings
+        await self.store.open()
+        await self.broker.start(self.registry.dispatch)
+        api = HttpApi(
+            self.accounts, self.delivery, self.registry, self.store, self.broker, self.metrics,
+            s.longpoll_max_wait,
+        )
+        ws = WsEndpoint(
+            self.accounts, self.delivery, self.registry, self.metrics,
+            WsSettings(
+                frame_max_bytes=s.frame_max_bytes, send_buffer_max=s.ws_send_buffer_max,
+                heartbeat=s.ws_heartbeat, auth_timeout=s.auth_timeout,
+                frame_rate=s.frame_rate, frame_burst=s.frame_burst,
+            ),
+        )
+        app = build_app(api, ws, s.request_max_bytes)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        if sock is not None:
+            site: web.BaseSite = web.SockSite(self._runner, sock)
+        else:
+            site = web.TCPSite(self._runner, s.host, s.port, backlog=4096, reuse_address=True)
+        await site.start()
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        if s.retention_days > 0:
+            self._retention = asyncio.create_task(
+                run_retention(self.store, s.retention_days, s.retention_interval, self.metrics)
+            )
+
+    async def stop(self) -> None:
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.broker.close()
+        await self.store.close()
+
+
+async def serve(settings: Settings) -> None:
+    server = Server(settings)
+    await server.start()
+    log.info("courier listening on %s (data in %s)", server.url, settings.data_dir)
+    print(f"courier listening on {server.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("courier shutting down")
+        await server.stop()
+
+
+def run(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    limit = raise_fd_limit()
+    log.info("file descriptor limit: %d (pid %d)", limit, os.getpid())
+    uvloop.run(serve(settings))

@@ -1,0 +1,1 @@
+"""The delivery engine: pure asyncio logic over the Store and Broker ports."""

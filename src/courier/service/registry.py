@@ -1,0 +1,77 @@
+"""Per node: user -> live connections (WebSocket connections and held long-polls).
+
+The registry is the broker's sink: an envelope for a user is handed to each of that user's
+subscribers here. Subscribers only enqueue; they never block the dispatch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from courier.domain.errors import too_many_connections
+from courier.metrics import Metrics
+from courier.ports import EVENT, REVOKE, Broker, Envelope
+
+
+class Subscriber(Protocol):
+    user: str
+    conn_id: str
+    token_hash: bytes
+
+    def deliver(self, envelope: Envelope) -> None: ...
+
+    def revoke(self) -> None:
+        """The token this subscriber authenticated with was revoked: end it."""
+        ...
+
+
+class Registry:
+    def __init__(self, broker: Broker, metrics: Metrics, max_per_user: int) -> None:
+        self._broker = broker
+        self._metrics = metrics
+        self.max_per_user = max_per_user
+        self._by_user: dict[str, set[Subscriber]] = {}
+
+    def add(self, sub: Subscriber) -> None:
+        subs = self._by_user.get(sub.user)
+        if subs is None:
+            subs = self._by_user[sub.user] = set()
+            self._broker.watch(sub.user)
+        elif len(subs) >= self.max_per_user:
+            raise too_many_connections(self.max_per_user)
+        subs.add(sub)
+
+    def ensure_room(self, user: str) -> None:
+        """Refuse early (before a WebSocket upgrade) when the user is at the cap."""
+        if self.count(user) >= self.max_per_user:
+            raise too_many_connections(self.max_per_user)
+
+    def remove(self, sub: Subscriber) -> None:
+        subs = self._by_user.get(sub.user)
+        if subs is None or sub not in subs:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._by_user[sub.user]
+            self._broker.unwatch(sub.user)
+
+    def count(self, user: str) -> int:
+        return len(self._by_user.get(user, ()))
+
+    def subscribers(self) -> list[Subscriber]:
+        return [s for subs in self._by_user.values() for s in subs]
+
+    def dispatch(self, env: Envelope) -> None:
+        subs = self._by_user.get(env.user)
+        if not subs:
+            return
+        if env.kind == REVOKE:
+            for sub in tuple(subs):
+                if sub.token_hash == env.data:
+                    sub.revoke()
+            return
+        if env.kind == EVENT and env.t0:
+            self._metrics.send_to_push.observe(max(time.time() - env.t0, 0.0))
+        for sub in tuple(subs):
+            sub.deliver(env)

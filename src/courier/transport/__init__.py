@@ -1,0 +1,1 @@
+"""Transport: HTTP routes, the WebSocket handler, long-poll waiters, the static web app."""

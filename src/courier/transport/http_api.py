@@ -1,0 +1,213 @@
+"""HTTP routes of PROTOCOL.md. Parsing and mapping only: every rule lives in the service."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+from aiohttp import web
+
+from courier.domain.errors import CourierError, bad_request, unauthorized
+from courier.domain.ops import Conversation
+from courier.metrics import Metrics
+from courier.ports import Broker, Store
+from courier.service.accounts import Accounts, Session
+from courier.service.delivery import EVENTS_LIMIT_DEFAULT, HISTORY_LIMIT_DEFAULT, Delivery
+from courier.service.registry import Registry
+from courier.transport import wire
+from courier.transport.longpoll import LongPollWaiter
+
+T = TypeVar("T")
+JSON = "application/json"
+_enc = msgspec.json.encode
+
+
+def json_response(payload: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=_enc(payload), content_type=JSON)
+
+
+def raw_json(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=body, content_type=JSON)
+
+
+async def decode_body(request: web.Request, kind: type[T]) -> T:
+    body = await request.read()
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.DecodeError as exc:
+        raise bad_request(wire.describe(exc)) from None
+
+
+def int_param(request: web.Request, name: str, default: int | None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be an integer.") from None
+    if not -(2**62) <= value <= 2**62:
+        raise bad_request(f"{name} is out of range.")
+    return value
+
+
+def bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def events_body(rows: list[tuple[int, bytes]], last_seq: int, more: bool) -> bytes:
+    """Assembled from the stored bytes: events are never decoded on the way out."""
+    events = b",".join(data for _seq, data in rows)
+    tail = b"true" if more else b"false"
+    return b'{"events":[' + events + b'],"last_seq":%d,"more":%s}' % (last_seq, tail)
+
+
+def conversations_body(rows: list[Conversation]) -> bytes:
+    items = [
+        b'{"peer":' + _enc(c.peer) + b',"last":' + c.last + b',"unread":%d}' % c.unread
+        for c in rows
+    ]
+    return b'{"conversations":[' + b",".join(items) + b"]}"
+
+
+class HttpApi:
+    def __init__(
+        self,
+        accounts: Accounts,
+        delivery: Delivery,
+        registry: Registry,
+        store: Store,
+        broker: Broker,
+        metrics: Metrics,
+        longpoll_max_wait: float,
+    ) -> None:
+        self.accounts = accounts
+        self.delivery = delivery
+        self.registry = registry
+        self.store = store
+        self.broker = broker
+        self.metrics = metrics
+        self.longpoll_max_wait = longpoll_max_wait
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/users", self.register),
+            web.post("/v1/sessions", self.login),
+            web.delete("/v1/sessions/current", self.logout),
+            web.post("/v1/messages", self.send),
+            web.get("/v1/events", self.events),
+            web.post("/v1/ack", self.ack),
+            web.post("/v1/read", self.read),
+            web.get("/v1/conversations", self.conversations),
+            web.get("/v1/conversations/{peer}/messages", self.history),
+            web.get("/healthz", self.healthz),
+            web.get("/metrics", self.metrics_text),
+        ]
+
+    async def session(self, request: web.Request) -> Session:
+        token = bearer(request)
+        if token is None:
+            raise unauthorized()
+        return await self.accounts.authenticate(token)
+
+    async def register(self, request: web.Request) -> web.Response:
+        body = await decode_body(request, wire.Credentials)
+        await self.accounts.register(body.username, body.password)
+        return json_response({"username": body.username}, 201)
+
+    async def login(self, request: web.Request) -> web.Response:
+        body = await decode_body(request, wire.LoginBody)
+        token = await self.accounts.login(body.username, body.password)
+        return json_response({"token": token, "username": body.username}, 201)
+
+    async def logout(self, request: web.Request) -> web.Response:
+        await self.accounts.logout(await self.session(request))
+        return web.Response(status=204)
+
+    async def send(self, request: web.Request) -> web.Response:
+        session = await self.session(request)
+        body = await decode_body(request, wire.SendBody)
+        result = await self.delivery.send(session, body.to, body.body, body.client_id)
+        answer = {"id": result.id, "seq": result.seq, "ts": result.ts, "client_id": result.client_id}
+        return json_response(answer, 200 if result.duplicate else 201)
+
+    async def events(self, request: web.Request) -> web.Response:
+        session = await self.session(request)
+        after = int_param(request, "after", 0) or 0
+        limit = int_param(request, "limit", EVENTS_LIMIT_DEFAULT) or 0
+        wait = _wait_param(request, self.longpoll_max_wait)
+        rows, more = await self.delivery.events(session, after, limit)
+        if not rows and wait > 0:
+            waiter = LongPollWaiter(session.username, session.token_hash)
+            self.registry.add(waiter)
+            self.metrics.longpolls.inc()
+            try:
+                # Registered first, then read again: an event committed in between is seen.
+                rows, more = await self.delivery.events(session, after, limit)
+                if not rows:
+                    await waiter.wait(wait)
+                    rows, more = await self.delivery.events(session, after, limit)
+            finally:
+                self.registry.remove(waiter)
+                self.metrics.longpolls.dec()
+        last_seq = rows[-1][0] if rows else after
+        return raw_json(events_body(rows, last_seq, more))
+
+    async def ack(self, request: web.Request) -> web.Response:
+        session = await self.session(request)
+        body = await decode_body(request, wire.AckBody)
+        await self.delivery.ack(session, body.seq)
+        return web.Response(status=204)
+
+    async def read(self, request: web.Request) -> web.Response:
+        session = await self.session(request)
+        body = await decode_body(request, wire.ReadBody)
+        await self.delivery.read(session, body.peer, body.seq)
+        return web.Response(status=204)
+
+    async def conversations(self, request: web.Request) -> web.Response:
+        session = await self.session(request)
+        limit = int_param(request, "limit", HISTORY_LIMIT_DEFAULT) or 0
+        return raw_json(conversations_body(await self.delivery.conversations(session, limit)))
+
+    async def history(self, request: web.Request) -> web.Response:
+        session = await self.session(request)
+        peer = request.match_info["peer"]
+        before = int_param(request, "before", None)
+        limit = int_param(request, "limit", HISTORY_LIMIT_DEFAULT) or 0
+        rows, next_before = await self.delivery.history(session, peer, before, limit)
+        cursor = b"null" if next_before is None else b"%d" % next_before
+        messages = b",".join(data for _seq, data in rows)
+        return raw_json(b'{"messages":[' + messages + b'],"next_before":' + cursor + b"}")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        store_ok, broker_ok = self.store.healthy, self.broker.healthy
+        self.metrics.backend_up.labels("store").set(1 if store_ok else 0)
+        self.metrics.backend_up.labels("broker").set(1 if broker_ok else 0)
+        status = "ok" if store_ok and broker_ok else ("degraded" if store_ok else "down")
+        payload = {"status": status, "store": store_ok, "broker": broker_ok}
+        return json_response(payload, 200 if store_ok else 503)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        self.metrics.backend_up.labels("store").set(1 if self.store.healthy else 0)
+        self.metrics.backend_up.labels("broker").set(1 if self.broker.healthy else 0)
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+
+def _wait_param(request: web.Request, cap: float) -> float:
+    raw = request.query.get("wait")
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise bad_request("wait must be a number of seconds.") from None
+    if not wait >= 0:  # also rejects NaN
+        raise CourierError("bad_request", "wait must be between 0 and 60 seconds.", 400)
+    return min(wait, cap)

@@ -1,0 +1,118 @@
+"""Request bodies and WebSocket frames, decoded and validated in one step by msgspec.
+
+Unknown fields are ignored (clients may extend); wrong types, missing fields and broken
+limits fail decoding with a message that names the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from courier.domain.names import USERNAME_PATTERN
+
+Username = Annotated[str, msgspec.Meta(pattern=USERNAME_PATTERN)]
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
+AnyName = Annotated[str, msgspec.Meta(max_length=64)]  # checked by the service (404, not 400)
+ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+Body = str  # its bound is configurable, so the service checks it
+
+
+class Credentials(msgspec.Struct):
+    username: Username
+    password: Password
+
+
+class LoginBody(msgspec.Struct):
+    username: AnyName
+    password: Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class SendBody(msgspec.Struct):
+    to: AnyName
+    body: Body
+    client_id: ClientId
+
+
+class AckBody(msgspec.Struct):
+    seq: Seq
+
+
+class ReadBody(msgspec.Struct):
+    peer: AnyName
+    seq: Seq
+
+
+# ---- WebSocket frames, client to server (tagged by "type") ----------------------------------
+class AuthFrame(msgspec.Struct, tag="auth", tag_field="type"):
+    token: Annotated[str, msgspec.Meta(max_length=256)]
+    after: Seq | None = None
+
+
+class SendFrame(msgspec.Struct, tag="send", tag_field="type"):
+    to: AnyName
+    body: Body
+    client_id: ClientId
+
+
+class AckFrame(msgspec.Struct, tag="ack", tag_field="type"):
+    seq: Seq
+
+
+class ReadFrame(msgspec.Struct, tag="read", tag_field="type"):
+    peer: AnyName
+    seq: Seq
+
+
+class SyncFrame(msgspec.Struct, tag="sync", tag_field="type"):
+    after: Seq = 0
+    limit: Annotated[int, msgspec.Meta(ge=1)] = 100
+
+
+class TypingFrame(msgspec.Struct, tag="typing", tag_field="type"):
+    to: AnyName
+
+
+class PingFrame(msgspec.Struct, tag="ping", tag_field="type"):
+    pass
+
+
+ClientFrame = AuthFrame | SendFrame | AckFrame | ReadFrame | SyncFrame | TypingFrame | PingFrame
+
+frame_decoder = msgspec.json.Decoder(ClientFrame)
+encoder = msgspec.json.Encoder()
+
+
+# ---- Server to client ----------------------------------------------------------------------
+class Hello(msgspec.Struct, tag="hello", tag_field="type"):
+    username: str
+    last_seq: int
+
+
+class Sent(msgspec.Struct, tag="sent", tag_field="type"):
+    client_id: str
+    id: str
+    seq: int
+    ts: int
+
+
+class Synced(msgspec.Struct, tag="synced", tag_field="type"):
+    last_seq: int
+    more: bool
+
+
+class ErrorFrame(msgspec.Struct, tag="error", tag_field="type"):
+    code: str
+    message: str
+    ref: str | None = None
+
+
+PONG = b'{"type":"pong"}'
+
+
+def describe(exc: msgspec.DecodeError) -> str:
+    """A human sentence from msgspec's message ("Expected `int`, got `str` - at `$.seq`")."""
+    text = str(exc)
+    return text if text.endswith(".") else text + "."

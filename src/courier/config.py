@@ -41,7 +41,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: str = "info"
 
 
-_FIELDS = {f: t for f, t in zip(Settings.__struct_fields__, Settings.__annotations__.values(), strict=True)}
+_FIELDS = {
+    f: t for f, t in zip(Settings.__struct_fields__, Settings.__annotations__.values(), strict=True)
+}
 
 
 def _coerce(name: str, raw: str) -> Any:
@@ -89,15 +91,30 @@ def load_settings(
 
 def _check(s: Settings) -> None:
     positive = (
-        "port", "body_max_chars", "frame_max_bytes", "request_max_bytes",
-        "max_connections_per_user", "send_rate", "send_burst", "frame_rate", "frame_burst",
-        "typing_rate", "typing_burst", "ws_send_buffer_max", "auth_timeout", "store_batch_max",
-        "store_cache_mb", "retention_interval", "argon2_time_cost", "argon2_memory_kib",
+        "body_max_chars",
+        "frame_max_bytes",
+        "request_max_bytes",
+        "max_connections_per_user",
+        "send_rate",
+        "send_burst",
+        "frame_rate",
+        "frame_burst",
+        "typing_rate",
+        "typing_burst",
+        "ws_send_buffer_max",
+        "auth_timeout",
+        "store_batch_max",
+        "store_cache_mb",
+        "retention_interval",
+        "argon2_time_cost",
+        "argon2_memory_kib",
         "argon2_parallelism",
     )
     for name in positive:
         if getattr(s, name) <= 0:
             raise ValueError(f"setting {name} must be positive")
+    if not 0 <= s.port <= 65535:
+        raise ValueError("setting port must be in 0..65535 (0 = any free port)")
     if s.retention_days < 0:
         raise ValueError("setting retention_days must be 0 (off) or positive")
     if not 0 < s.longpoll_max_wait <= 3600:

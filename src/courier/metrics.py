@@ -21,7 +21,8 @@ class Metrics:
             "courier_messages_sent", "Messages durably stored (retries not counted).", registry=r
         )
         self.duplicates = Counter(
-            "courier_send_retries", "Sends answered from the original (same client_id).",
+            "courier_send_retries",
+            "Sends answered from the original (same client_id).",
             registry=r,
         )
         self.events_pushed = Counter(
@@ -30,15 +31,20 @@ class Metrics:
         self.send_to_push = Histogram(
             "courier_send_to_push_seconds",
             "From a send being accepted to its event being pushed to the recipient's devices.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.store_batch_size = Histogram(
-            "courier_store_batch_size", "Operations per group commit.",
-            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000), registry=r,
+            "courier_store_batch_size",
+            "Operations per group commit.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
         )
         self.store_commit_seconds = Histogram(
-            "courier_store_commit_seconds", "Time to apply and durably commit one batch.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "courier_store_commit_seconds",
+            "Time to apply and durably commit one batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.slow_consumers = Counter(
             "courier_slow_consumers", "Connections closed because they fell behind.", registry=r
@@ -50,7 +56,8 @@ class Metrics:
             "courier_backend_up", "1 when a backend is reachable.", ["backend"], registry=r
         )
         self.retention_dropped = Counter(
-            "courier_retention_dropped_events", "Events dropped by the retention sweep.",
+            "courier_retention_dropped_events",
+            "Events dropped by the retention sweep.",
             registry=r,
         )
 

@@ -81,15 +81,26 @@ class Server:
         await self.store.open()
         await self.broker.start(self.registry.dispatch)
         api = HttpApi(
-            self.accounts, self.delivery, self.registry, self.store, self.broker, self.metrics,
+            self.accounts,
+            self.delivery,
+            self.registry,
+            self.store,
+            self.broker,
+            self.metrics,
             s.longpoll_max_wait,
         )
         ws = WsEndpoint(
-            self.accounts, self.delivery, self.registry, self.metrics,
+            self.accounts,
+            self.delivery,
+            self.registry,
+            self.metrics,
             WsSettings(
-                frame_max_bytes=s.frame_max_bytes, send_buffer_max=s.ws_send_buffer_max,
-                heartbeat=s.ws_heartbeat, auth_timeout=s.auth_timeout,
-                frame_rate=s.frame_rate, frame_burst=s.frame_burst,
+                frame_max_bytes=s.frame_max_bytes,
+                send_buffer_max=s.ws_send_buffer_max,
+                heartbeat=s.ws_heartbeat,
+                auth_timeout=s.auth_timeout,
+                frame_rate=s.frame_rate,
+                frame_burst=s.frame_burst,
             ),
         )
         app = build_app(api, ws, s.request_max_bytes)

@@ -54,7 +54,7 @@ class Batch:
     def get(self, key: bytes) -> bytes | None:
         value = self._kv.get(key, _MISSING)
         if value is _MISSING:
-            return self.db.get(key)  # type: ignore[no-any-return]
+            return self.db.get(key)
         return value  # type: ignore[return-value]
 
     def put(self, key: bytes, value: bytes) -> None:
@@ -155,24 +155,42 @@ class Batch:
         sseq = self.next_seq(sender)
         incoming = encode_event(
             MessageEvent(
-                seq=rseq, id=op.id, from_=sender, to=recipient, body=op.body, ts=op.ts,
+                seq=rseq,
+                id=op.id,
+                from_=sender,
+                to=recipient,
+                body=op.body,
+                ts=op.ts,
                 client_id=op.client_id,
             )
         )
         outgoing = encode_event(
             MessageEvent(
-                seq=sseq, id=op.id, from_=sender, to=recipient, body=op.body, ts=op.ts,
+                seq=sseq,
+                id=op.id,
+                from_=sender,
+                to=recipient,
+                body=op.body,
+                ts=op.ts,
                 client_id=op.client_id,
             )
         )
         # Recipient first, then sender: within one WriteBatch both land atomically anyway.
-        self.wb.put(K.timeline_key(recipient, rseq), K.timeline_value(K.KIND_IN, sseq, sender, incoming))
-        self.wb.put(K.timeline_key(sender, sseq), K.timeline_value(K.KIND_OUT, rseq, recipient, outgoing))
+        self.wb.put(
+            K.timeline_key(recipient, rseq), K.timeline_value(K.KIND_IN, sseq, sender, incoming)
+        )
+        self.wb.put(
+            K.timeline_key(sender, sseq), K.timeline_value(K.KIND_OUT, rseq, recipient, outgoing)
+        )
         self._touch_conversation(recipient, sender, rseq, sseq, incoming=True)
         self._touch_conversation(sender, recipient, sseq, rseq, incoming=False)
         self.put(dkey, K.pack_u64(sseq))
         result = SendResult(
-            op.id, sseq, op.ts, op.client_id, False,
+            op.id,
+            sseq,
+            op.ts,
+            op.client_id,
+            False,
             (Published(recipient, rseq, incoming), Published(sender, sseq, outgoing)),
         )
         self._sent[dkey] = result

@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from rocksdict import (
@@ -148,7 +148,9 @@ class RocksStore:
         except Exception:
             if len(items) > 1:
                 # Isolate the operation that failed: each one again in a batch of its own.
-                log.exception("store batch failed; retrying its %d operations one by one", len(items))
+                log.exception(
+                    "store batch failed; retrying its %d operations one by one", len(items)
+                )
                 for item in items:
                     self._commit([item], write_opts)
                 return
@@ -172,6 +174,10 @@ class RocksStore:
             return False
 
     # ---- reads --------------------------------------------------------------------------
+    def _multi_get(self, keys: list[bytes]) -> list[bytes | None]:
+        values = self.db.get(list[Any](keys))
+        return cast("list[bytes | None]", values)
+
     async def get_user(self, username: str) -> UserRecord | None:
         raw = self.db.get(K.user_key(username))
         return None if raw is None else msgspec.msgpack.decode(raw, type=UserRecord)
@@ -229,8 +235,8 @@ class RocksStore:
             it.prev()
         if not rows:
             return []
-        metas = self.db.get([K.meta_key(user, peer) for peer, _ in rows])
-        lasts = self.db.get([K.timeline_key(user, seq) for _, seq in rows])
+        metas = self._multi_get([K.meta_key(user, peer) for peer, _ in rows])
+        lasts = self._multi_get([K.timeline_key(user, seq) for _, seq in rows])
         out: list[Conversation] = []
         for (peer, seq), meta_raw, last_raw in zip(rows, metas, lasts, strict=True):
             if meta_raw is None or last_raw is None:
@@ -257,7 +263,7 @@ class RocksStore:
             it.prev()
         if not seqs:
             return []
-        values = self.db.get([K.timeline_key(user, seq) for seq in seqs])
+        values = self._multi_get([K.timeline_key(user, seq) for seq in seqs])
         return [
             (seq, K.event_of(raw)) for seq, raw in zip(seqs, values, strict=True) if raw is not None
         ]

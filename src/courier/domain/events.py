@@ -50,6 +50,7 @@ class EventPeek(msgspec.Struct):
 
 Event = MessageEvent | ReceiptEvent
 
+
 def encode_event(event: Event) -> bytes:
     # The module-level function is safe to call from the store's writer thread.
     return msgspec.json.encode(event)

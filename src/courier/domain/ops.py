@@ -104,7 +104,14 @@ class Sweep(msgspec.Struct, frozen=True):
 
 
 WriteOp = (
-    CreateUser | PutToken | DeleteToken | AppendMessage | AdvanceAck | MarkRead | AppendReceipt | Sweep
+    CreateUser
+    | PutToken
+    | DeleteToken
+    | AppendMessage
+    | AdvanceAck
+    | MarkRead
+    | AppendReceipt
+    | Sweep
 )
 
 

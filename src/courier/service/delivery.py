@@ -132,7 +132,10 @@ class Delivery:
             # ack, and the receipts' max-registers drop what was already emitted.
             summary = await self._store.incoming_summary(user, acked, seq)
             await self._receipts(
-                [AppendReceipt(peer, user, DELIVERED, up_to, now_ms()) for peer, up_to in summary.items()]
+                [
+                    AppendReceipt(peer, user, DELIVERED, up_to, now_ms())
+                    for peer, up_to in summary.items()
+                ]
             )
         await self._store.submit(AdvanceAck(user, session.device, seq))
 

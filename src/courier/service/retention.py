@@ -24,6 +24,8 @@ async def sweep_once(store: Store, days: float, metrics: Metrics | None = None) 
     cutoff = int((time.time() - days * 86400) * 1000)
     start, total = "", 0
     while True:
+        dropped: int
+        last: str
         dropped, last = await store.submit(Sweep(cutoff, start, USERS_PER_BATCH))
         total += dropped
         if metrics is not None and dropped:

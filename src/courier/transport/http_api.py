@@ -132,7 +132,12 @@ class HttpApi:
         session = await self.session(request)
         body = await decode_body(request, wire.SendBody)
         result = await self.delivery.send(session, body.to, body.body, body.client_id)
-        answer = {"id": result.id, "seq": result.seq, "ts": result.ts, "client_id": result.client_id}
+        answer = {
+            "id": result.id,
+            "seq": result.seq,
+            "ts": result.ts,
+            "client_id": result.client_id,
+        }
         return json_response(answer, 200 if result.duplicate else 201)
 
     async def events(self, request: web.Request) -> web.Response:

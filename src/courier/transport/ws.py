@@ -119,7 +119,9 @@ class Connection:
         transport = self._transport
         low = self._endpoint.settings.send_buffer_max // 4
         waited = 0.0
-        while transport is not None and not self._closed and transport.get_write_buffer_size() > low:
+        while (
+            transport is not None and not self._closed and transport.get_write_buffer_size() > low
+        ):
             if transport.is_closing() or waited > DRAIN_STALL:
                 self._shed("slow_consumer")
                 return
@@ -351,7 +353,8 @@ class WsEndpoint:
         try:
             frame = wire.frame_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
-            await self._refuse(ws, unauthorized(f"The first frame must be auth: {wire.describe(exc)}"))
+            reason = f"The first frame must be auth: {wire.describe(exc)}"
+            await self._refuse(ws, unauthorized(reason))
             return None, None
         if not isinstance(frame, wire.AuthFrame):
             await self._refuse(ws, unauthorized("The first frame must be auth."))
@@ -380,5 +383,5 @@ class WsEndpoint:
                 break
 
     async def shutdown(self) -> None:
-        await asyncio.gather(*(c.shutdown() for c in list(self.connections)), return_exceptions=True)
-
+        closing = [c.shutdown() for c in list(self.connections)]
+        await asyncio.gather(*closing, return_exceptions=True)

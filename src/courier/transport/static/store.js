@@ -74,6 +74,8 @@ export class Conversation {
     this.cursor = undefined;
     this.loadingHistory = false;
     this.readSent = 0;
+    // Incoming seqs up to here are already in `unread` (the server's count or our own).
+    this.countedUpTo = 0;
     this.typingUntil = 0;
     this.error = null;
   }
@@ -200,7 +202,10 @@ export class Store {
   applyConversations(list) {
     for (const item of list) {
       const conv = this.conversation(item.peer);
-      if (item.last) this.addEvent(item.last, { quiet: true });
+      if (item.last) {
+        this.addEvent(item.last, { quiet: true });
+        if (typeof item.last.seq === "number") conv.countedUpTo = Math.max(conv.countedUpTo, item.last.seq);
+      }
       conv.unread = Math.max(0, item.unread | 0);
     }
     this.emit("conversations");

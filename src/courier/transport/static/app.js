@@ -1,0 +1,463 @@
+// Wiring: session, routing and the flow of events between the connection, the store, the
+// outbox and the page. Each of those knows nothing of the others; this module connects them.
+
+import { Api, ApiError, NetworkError } from "./api.js";
+import { Connection } from "./connection.js";
+import { Outbox } from "./outbox.js";
+import { Store, sessionPersist } from "./store.js";
+import { UI } from "./ui.js";
+
+const USERNAME_RE = /^[a-z0-9][a-z0-9_.-]{2,31}$/;
+const TYPING_SEND_EVERY_MS = 3000;
+const TYPING_SHOW_MS = 5000;
+const ACK_DELAY_MS = 150;
+const GAP_WAIT_MS = 1500;
+const HISTORY_PAGE = 50;
+
+let session = sessionPersist.get("session", null);
+const api = new Api(() => (session ? session.token : null));
+
+let store = null;
+let outbox = null;
+let conn = null;
+let current = null;
+let live = false;
+let acked = 0;
+let ackTimer = null;
+let gapTimer = null;
+let renderQueued = false;
+let typingSentAt = 0;
+let typingTimer = null;
+let unsubscribe = null;
+
+const ui = new UI({
+  login,
+  logout,
+  retryConnection: () => conn && conn.retryNow(),
+  startChat,
+  send,
+  typing: sendTyping,
+  nearTop: () => current && loadHistory(store.conversation(current)),
+  seen: () => maybeMarkRead(),
+  retryMessage,
+  discardMessage,
+});
+
+// ---- session ----------------------------------------------------------------------------
+
+function describeAuthError(err) {
+  if (err instanceof NetworkError) return "Can't reach the server. Check your connection and try again.";
+  if (err instanceof ApiError) {
+    if (err.code === "invalid_credentials") return "Wrong username or password.";
+    if (err.code === "username_taken") return "That username is taken. Pick another one.";
+    if (err.code === "rate_limited") return "Too many attempts. Wait a moment and try again.";
+    return err.message || "The server refused the request.";
+  }
+  return "Something went wrong. Try again.";
+}
+
+async function login(action, username, password) {
+  if (!USERNAME_RE.test(username)) {
+    ui.setLoginError("Usernames are 3 to 32 characters: a–z, 0–9, and _ . - after the first.");
+    return;
+  }
+  if (password.length < 8) {
+    ui.setLoginError("Passwords have at least 8 characters.");
+    return;
+  }
+  ui.setLoginBusy(true);
+  ui.setLoginError("");
+  try {
+    if (action === "register") await api.register(username, password);
+    const res = await api.login(username, password);
+    session = { token: res.token, username: res.username || username };
+    sessionPersist.set("session", session);
+    startMain();
+  } catch (err) {
+    ui.setLoginBusy(false);
+    ui.setLoginError(describeAuthError(err));
+  }
+}
+
+async function logout() {
+  const pending = outbox ? outbox.pendingCount : 0;
+  if (pending && !window.confirm(`${pending} unsent message(s) will be discarded. Log out anyway?`)) {
+    return;
+  }
+  try {
+    await api.logout();
+  } catch {
+    // Offline or already invalid: forget the token here all the same.
+  }
+  if (store) store.persist.clear();
+  endSession("");
+}
+
+function endSession(message) {
+  stopMain();
+  session = null;
+  sessionPersist.remove("session");
+  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+  ui.showLogin(message);
+}
+
+function onAuthError() {
+  endSession("Your session has ended. Please log in again.");
+}
+
+// ---- main screen ------------------------------------------------------------------------
+
+function startMain() {
+  stopMain();
+  const me = session.username;
+  store = new Store(me);
+  outbox = new Outbox(store.persist);
+  unsubscribe = store.subscribe(onStoreChange);
+  ui.showMain(me);
+  for (const entry of outbox.entries()) store.addPending(entry);
+  conn = new Connection(api, () => (session ? session.token : null), {
+    getAfter: () => store.lastSeq ?? 0,
+    onReady,
+    onEvent,
+    onFrame,
+    onStatus: (s) => ui.renderStatus(s),
+    onAuthError,
+  });
+  outbox.attach(conn);
+  live = true;
+  route();
+  bootstrap(conn);
+}
+
+function stopMain() {
+  live = false;
+  if (conn) conn.stop();
+  if (outbox) outbox.detach();
+  if (unsubscribe) unsubscribe();
+  clearTimeout(ackTimer);
+  clearTimeout(gapTimer);
+  clearTimeout(typingTimer);
+  ackTimer = gapTimer = typingTimer = null;
+  conn = outbox = store = unsubscribe = null;
+  current = null;
+  acked = 0;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Load the conversation list. A device that has never connected starts its live stream at
+ * the newest event the list shows; a known device resumes from its saved seq at once.
+ */
+async function bootstrap(myConn) {
+  const fresh = store.lastSeq === null;
+  if (!fresh) myConn.start();
+  let delay = 500;
+  while (live && conn === myConn) {
+    try {
+      const res = await api.conversations();
+      if (conn !== myConn) return;
+      const list = res.conversations || [];
+      store.applyConversations(list);
+      if (fresh && store.lastSeq === null) {
+        let head = 0;
+        for (const c of list) if (c.last && typeof c.last.seq === "number") head = Math.max(head, c.last.seq);
+        store.setLastSeq(head);
+      }
+      break;
+    } catch (err) {
+      if (conn !== myConn) return;
+      if (err instanceof ApiError && err.status === 401) {
+        onAuthError();
+        return;
+      }
+      if (err instanceof ApiError && err.status < 500 && err.status !== 429) break;
+      ui.renderStatus({ state: "reconnecting", transport: myConn.transport, retryAt: Date.now() + delay });
+      await sleep(delay);
+      delay = Math.min(delay * 2, 10000);
+    }
+  }
+  if (fresh && live && conn === myConn) {
+    if (store.lastSeq === null) store.setLastSeq(0);
+    myConn.start();
+  }
+}
+
+// ---- events from the server ---------------------------------------------------------------
+
+function onReady({ hello }) {
+  if (hello && typeof hello.last_seq === "number" && store.lastSeq !== null && hello.last_seq < store.lastSeq) {
+    // The server's timeline is shorter than what we processed (its data was reset):
+    // follow the server from here on.
+    store.setLastSeq(hello.last_seq);
+  }
+  acked = 0;
+  scheduleAck();
+  outbox.flush(true);
+  if (current) store.conversation(current).readSent = 0;
+  maybeMarkRead();
+}
+
+function onEvent(ev) {
+  if (!store || typeof ev.seq !== "number") return;
+  if (!store.advance(ev.seq)) return;
+  if (ev.type === "message") {
+    const { conv, added, incoming } = store.addEvent(ev);
+    if (!incoming && ev.client_id && outbox.has(ev.client_id)) outbox.remove(ev.client_id);
+    if (added && incoming && ev.seq > conv.countedUpTo) {
+      conv.countedUpTo = ev.seq;
+      conv.unread++;
+    }
+  } else if (ev.type === "receipt") {
+    store.applyReceipt(ev);
+  }
+  scheduleAck();
+  watchGap();
+}
+
+function onFrame(frame) {
+  if (!store) return;
+  switch (frame.type) {
+    case "sent":
+      if (!frame.client_id) return;
+      outbox.remove(frame.client_id);
+      store.markSent(frame.client_id, frame);
+      if (typeof frame.seq === "number") {
+        store.advance(frame.seq);
+        scheduleAck();
+        watchGap();
+      }
+      break;
+    case "typing":
+      if (frame.from) {
+        store.setTyping(frame.from, Date.now() + TYPING_SHOW_MS);
+        clearTimeout(typingTimer);
+        typingTimer = setTimeout(queueRender, TYPING_SHOW_MS + 50);
+      }
+      break;
+    case "error":
+      if (frame.ref && outbox.has(frame.ref)) {
+        if (outbox.onError(frame.ref, frame.code, frame.message)) {
+          store.markFailed(frame.ref, describeSendError(frame.code, frame.message));
+        }
+      }
+      break;
+    case "synced":
+      if (frame.more) conn.sync(store.lastSeq ?? 0);
+      break;
+    default:
+      break;
+  }
+}
+
+function describeSendError(code, message) {
+  if (code === "unknown_user") return "there is no such user";
+  return message || code || "refused by the server";
+}
+
+function scheduleAck() {
+  if (ackTimer) return;
+  ackTimer = setTimeout(() => {
+    ackTimer = null;
+    const seq = store ? store.lastSeq : null;
+    if (seq && seq > acked && conn && conn.ack(seq)) acked = seq;
+  }, ACK_DELAY_MS);
+}
+
+// The live stream has no gaps, except that our own sends come back as `sent` frames that can
+// trail other events a little. A gap that outlives that is closed by asking for a replay.
+function watchGap() {
+  if (!store.hasGap) {
+    clearTimeout(gapTimer);
+    gapTimer = null;
+    return;
+  }
+  if (gapTimer) return;
+  gapTimer = setTimeout(() => {
+    gapTimer = null;
+    if (store && store.hasGap && conn) conn.sync(store.lastSeq ?? 0);
+  }, GAP_WAIT_MS);
+}
+
+// ---- rendering ----------------------------------------------------------------------------
+
+function onStoreChange() {
+  queueRender();
+}
+
+function queueRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  const run = () => {
+    renderQueued = false;
+    render();
+  };
+  if (document.visibilityState === "visible") requestAnimationFrame(run);
+  else setTimeout(run, 250);
+}
+
+function render() {
+  if (!store) return;
+  ui.renderConversations(store, current);
+  if (current) {
+    const conv = store.conversation(current);
+    ui.renderMessages(store, conv);
+    ui.renderTyping(conv);
+    maybeMarkRead();
+    fillScreen(conv);
+  }
+}
+
+// ---- chat view ----------------------------------------------------------------------------
+
+function route() {
+  if (!store) return;
+  const m = /^#\/chat\/(.+)$/.exec(location.hash);
+  let peer = null;
+  if (m) {
+    try {
+      peer = decodeURIComponent(m[1]);
+    } catch {
+      peer = null;
+    }
+  }
+  if (peer && !USERNAME_RE.test(peer)) peer = null;
+  openChat(peer);
+}
+
+function openChat(peer) {
+  current = peer;
+  ui.showChat(peer);
+  if (!peer) {
+    render();
+    return;
+  }
+  const conv = store.conversation(peer);
+  ui.setChatError(conv.error || "");
+  ui.setComposerEnabled(!conv.error);
+  render();
+  if (conv.cursor === undefined) loadHistory(conv);
+  if (!conv.error) ui.focusComposer();
+}
+
+async function loadHistory(conv) {
+  if (!conv || conv.loadingHistory || conv.cursor === null || conv.error) return;
+  const myStore = store;
+  conv.loadingHistory = true;
+  if (conv.cursor !== undefined) ui.setHistoryStatus("Loading older messages\u2026");
+  try {
+    const res = await api.history(conv.peer, { before: conv.cursor ?? null, limit: HISTORY_PAGE });
+    if (store !== myStore) return;
+    for (const ev of res.messages || []) {
+      if (ev.type && ev.type !== "message") continue;
+      store.addEvent(ev, { quiet: true });
+      if (ev.from === store.me && ev.client_id && outbox.has(ev.client_id)) outbox.remove(ev.client_id);
+    }
+    conv.cursor = res.next_before ?? null;
+    ui.setHistoryStatus(conv.cursor === null && conv.messages.length ? "Start of the conversation" : "");
+    store.emit("messages", conv.peer);
+  } catch (err) {
+    if (store !== myStore) return;
+    if (err instanceof ApiError && err.status === 401) {
+      onAuthError();
+      return;
+    }
+    if (err instanceof ApiError && err.status === 404) {
+      conv.error = `There is no user named ${conv.peer}.`;
+      conv.cursor = null;
+      if (current === conv.peer) {
+        ui.setChatError(conv.error);
+        ui.setComposerEnabled(false);
+      }
+      ui.setHistoryStatus("");
+    } else {
+      ui.setHistoryStatus("Couldn't load older messages. Scroll up to try again.");
+    }
+  } finally {
+    conv.loadingHistory = false;
+  }
+}
+
+/** Keep loading older pages until the list can scroll, so scroll-up paging can start. */
+function fillScreen(conv) {
+  if (conv.cursor === undefined || conv.cursor === null || conv.loadingHistory) return;
+  if (!ui.canScroll()) loadHistory(conv);
+}
+
+function maybeMarkRead() {
+  if (!store || !current || document.visibilityState !== "visible") return;
+  if (!ui.isNearBottom()) return;
+  const conv = store.conversation(current);
+  const newestIn = conv.newestIncomingSeq;
+  if (newestIn > conv.readSent && conn && conn.read(conv.peer, conv.newestSeq)) {
+    conv.readSent = newestIn;
+  }
+  if (conv.unread) {
+    conv.unread = 0;
+    conv.countedUpTo = Math.max(conv.countedUpTo, newestIn);
+    queueRender();
+  }
+}
+
+function send(text) {
+  if (!store || !current) return false;
+  const conv = store.conversation(current);
+  if (conv.error) return false;
+  const entry = outbox.add(current, text);
+  store.addPending(entry);
+  outbox.flush();
+  typingSentAt = 0;
+  ui.scrollToBottom();
+  return true;
+}
+
+function sendTyping() {
+  if (!conn || !current) return;
+  const now = Date.now();
+  if (now - typingSentAt < TYPING_SEND_EVERY_MS) return;
+  if (conn.typing(current)) typingSentAt = now;
+}
+
+function startChat(peer) {
+  if (!USERNAME_RE.test(peer)) {
+    ui.setNewChatError("Enter a username: 3 to 32 characters, a–z, 0–9, _ . -");
+    return;
+  }
+  if (store && peer === store.me) {
+    ui.setNewChatError("That's you. Pick someone else.");
+    return;
+  }
+  ui.setNewChatError("");
+  document.getElementById("new-chat-username").value = "";
+  location.hash = `#/chat/${encodeURIComponent(peer)}`;
+}
+
+function retryMessage(clientId) {
+  if (!outbox) return;
+  store.markPending(clientId);
+  outbox.retry(clientId);
+}
+
+function discardMessage(clientId) {
+  if (!outbox) return;
+  outbox.remove(clientId);
+  store.removeOutgoing(clientId);
+}
+
+// ---- page lifecycle -------------------------------------------------------------------------
+
+window.addEventListener("hashchange", route);
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") {
+    queueRender();
+    maybeMarkRead();
+  }
+});
+window.addEventListener("storage", (e) => {
+  // Another tab of the same user queued a message: show it here too.
+  if (!store || !e.key || e.key !== store.persist.prefix + "outbox") return;
+  for (const entry of outbox.entries()) store.addPending(entry);
+});
+
+if (session && session.token && session.username) startMain();
+else ui.showLogin();

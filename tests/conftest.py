@@ -1,0 +1,54 @@
+"""Shared fixtures: a real server on a real loopback socket, and a lean protocol client."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from courier.config import Settings, load_settings
+from courier.server import Server
+from tests.helpers import Api
+
+# Cheap password hashing keeps the suite fast; production defaults are checked in test_config.
+FAST = {"argon2_time_cost": 1, "argon2_memory_kib": 8192}
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {**FAST, "host": "127.0.0.1", "port": 0, "data_dir": str(data_dir)}
+    values.update(overrides)
+    return load_settings(env={}, **values)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module to start the server with other settings."""
+    return {}
+
+
+@pytest.fixture
+async def server(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIterator[Server]:
+    srv = Server(make_settings(tmp_path / "data", **settings_overrides))
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+@pytest.fixture
+async def api(server: Server) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(server.url, session)
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback only: never route test traffic through a proxy from the environment."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")

@@ -147,8 +147,11 @@ class Ws:
         async with asyncio.timeout(timeout):
             while True:
                 msg = await self.conn.receive()
-                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                                aiohttp.WSMsgType.CLOSING):
+                if msg.type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.CLOSING,
+                ):
                     return self.conn.close_code, str(msg.extra or "")
 
     async def close(self) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Literal, Self
 
@@ -59,10 +59,12 @@ class Client:
         self.max_buffer = max_buffer
         self._session: aiohttp.ClientSession | None = None
         self._sub: Subscription | None = None
+        self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        self._closed = False
         self._http()
         return self
 
@@ -76,6 +78,7 @@ class Client:
 
     async def close(self) -> None:
         """Close the live connection and the HTTP session."""
+        self._closed = True
         if self._sub is not None:
             await self._sub.close()
             self._sub = None
@@ -84,6 +87,8 @@ class Client:
             self._session = None
 
     def _http(self) -> HttpApi:
+        if self._closed:
+            raise CourierError("client_closed", "this client has been closed")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         return HttpApi(self._session, self.base_url, self.token)
@@ -190,10 +195,11 @@ class Client:
 
     async def events(
         self, *, after: int | None = None, from_now: bool = False, auto_ack: bool = False
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Our timeline events in seq order, each once, plus typing notices, forever.
 
         Starts after ``after`` (default `last_seq`), or at the current head with ``from_now``.
+        A client has one live stream: starting another ends the previous one.
         Faults are survived by reconnecting and resuming after the last seq received.
         `last_seq` follows what was yielded; ``auto_ack`` acks what was yielded, batched while
         more events are waiting and flushed when the loop ends.
@@ -228,12 +234,19 @@ class Client:
             log.debug("ack %s failed: %s", seq, exc)  # cumulative: the next ack covers it
 
     async def _stream(self, start: int | None) -> AsyncGenerator[tuple[Event, bool], None]:
-        if self._sub is not None:
-            raise RuntimeError("events() is already being iterated on this client")
         token = self._require_token()
+        if self._sub is not None:
+            # One live stream per client: a new loop supersedes an abandoned one.
+            await self._sub.close()
+
+        first = True
 
         def on_hello(hello: Hello) -> None:
+            nonlocal first
             self.username = hello.username
+            if first and start is None:
+                self.last_seq = hello.last_seq  # from_now: the head is where we start
+            first = False
 
         sub = Subscription(
             self._session_for_ws(),
@@ -257,7 +270,7 @@ class Client:
         api = self._http()
         after = await self._head(api) if start is None else start
         attempt = 0
-        while True:
+        while not self._closed:
             try:
                 page = await api.events(after, wait=self.poll_wait, limit=self.max_buffer)
             except RateLimited as exc:

@@ -111,13 +111,6 @@ class HttpApi:
         path = f"/v1/conversations/{quote(peer, safe='')}/messages"
         return await self._get(path, HistoryPage, params=params)
 
-    async def healthy(self) -> bool:
-        try:
-            status, _ = await self._call("GET", "/healthz", auth=False, seconds=5.0)
-        except (CourierError, aiohttp.ClientError, TimeoutError, OSError):
-            return False
-        return status == 200
-
 
 def _error(status: int, body: bytes, retry_after: str | None) -> CourierError:
     try:

@@ -67,6 +67,7 @@ def save_config(path: Path, values: dict[str, str]) -> None:
     text = "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as file:
         file.write(text)
     tmp.replace(path)
@@ -75,9 +76,14 @@ def save_config(path: Path, values: dict[str, str]) -> None:
 def resolve(args: argparse.Namespace, *, need_token: bool = True) -> tuple[str, str | None]:
     """URL and token from flags, then environment, then the config file."""
     config = load_config(config_path())
-    url = args.url or os.environ.get("COURIER_URL") or config.get("url") or DEFAULT_URL
+    url = (
+        getattr(args, "url", None)
+        or os.environ.get("COURIER_URL")
+        or config.get("url")
+        or DEFAULT_URL
+    )
     url = url.rstrip("/")
-    token = args.token or os.environ.get("COURIER_TOKEN")
+    token = getattr(args, "token", None) or os.environ.get("COURIER_TOKEN")
     if not token and config.get("url", "").rstrip("/") == url:
         token = config.get("token")
     if need_token and not token:
@@ -196,13 +202,14 @@ async def _tail(args: argparse.Namespace) -> int:
     seen = 0
     async with Client(url, token, transport=args.transport) as client:
         stream = client.events(after=args.after, from_now=args.after is None, auto_ack=args.ack)
-        async for event in stream:
-            if isinstance(event, Typing) and not args.typing:
-                continue
-            _say(msgspec.json.encode(event).decode() if args.json else format_event(event))
-            seen += 1
-            if args.count is not None and seen >= args.count:
-                break
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                if isinstance(event, Typing) and not args.typing:
+                    continue
+                _say(msgspec.json.encode(event).decode() if args.json else format_event(event))
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    break
     return 0
 
 
@@ -212,9 +219,9 @@ async def _chat(args: argparse.Namespace) -> int:
     async with Client(url, token) as client:
         conversations = await client.conversations()
         start = max((c.last.seq for c in conversations if c.last is not None), default=0)
-        page = await client.history(peer, limit=args.history)
+        history = await client.history(peer, limit=args.history) if args.history > 0 else None
         shown = 0
-        for event in reversed(page.messages):
+        for event in reversed(history.messages if history else []):
             if isinstance(event, Message):
                 _say(f"{_clock(event.ts)} {event.from_}: {_clean(event.body)}")
                 shown = max(shown, event.seq)
@@ -237,7 +244,10 @@ async def _chat(args: argparse.Namespace) -> int:
                     continue
                 _say(f"{_clock(event.ts)} {event.from_}: {_clean(event.body)}")
                 if event.from_ == peer:
-                    with contextlib.suppress(CourierError, aiohttp.ClientError, OSError):
+                    with contextlib.suppress(
+                        CourierError, aiohttp.ClientError, OSError, TimeoutError
+                    ):
+                        # Best effort: a later read receipt covers this one.
                         await client.read(peer, event.seq)
 
         async def send_lines() -> None:

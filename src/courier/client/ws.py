@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from urllib.parse import urlencode
@@ -37,7 +38,11 @@ log = logging.getLogger(__name__)
 
 CLOSE_POLICY = 1008  # authentication failed: reconnecting will not help
 HELLO_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0  # a dead server must not hold up closing
 SYNC_LIMIT = 1000
+TICK = 1.0  # seconds between sync retries while behind
+SYNC_TIMEOUT = 15.0  # an unanswered sync is given up for a reconnect
+STABLE_AFTER = 10.0  # seconds a connection must live before the backoff starts over
 
 
 def backoff(attempt: int, base: float = 0.25, cap: float = 10.0) -> float:
@@ -114,10 +119,11 @@ class WsConnection:
                 future.set_exception(result)
         return to, body
 
-    def fail_all(self) -> None:
+    def fail_all(self, error: Exception | None = None) -> None:
+        """Hand every waiting send an error its caller retries on (same client_id)."""
         for future, _, _ in self.pending.values():
             if not future.done():
-                future.set_exception(ConnectionLost("connection lost"))
+                future.set_exception(error or ConnectionLost("connection lost"))
         self.pending.clear()
 
 
@@ -147,6 +153,7 @@ class Subscription:
         self._seen = after or 0  # newest seq known to exist, buffered or not
         self._more = False  # a sync answer was cut by its limit
         self._sync_in_flight = False
+        self._sync_sent = 0.0
         self._error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -200,7 +207,7 @@ class Subscription:
                 ) as exc:
                     log.debug("connect failed: %s", exc)
                 else:
-                    attempt = 0
+                    connected_at = time.monotonic()
                     try:
                         await self._serve(conn)
                     finally:
@@ -212,6 +219,8 @@ class Subscription:
                     if conn.ws.close_code == CLOSE_POLICY:
                         raise AuthError("unauthorized", "the server refused the token", 401)
                     log.debug("connection closed with code %s", conn.ws.close_code)
+                    if time.monotonic() - connected_at > STABLE_AFTER:
+                        attempt = 0  # a flapping server still sees growing delays
                 await asyncio.sleep(backoff(attempt))
                 attempt += 1
         except AuthError as exc:
@@ -227,7 +236,9 @@ class Subscription:
     async def _connect(self) -> WsConnection:
         try:
             ws = await self._session.ws_connect(
-                ws_url(self._base_url, self._buffered), heartbeat=self._heartbeat
+                ws_url(self._base_url, self._buffered),
+                heartbeat=self._heartbeat,
+                timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT),
             )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
@@ -275,10 +286,18 @@ class Subscription:
                 raise ConnectionLost("closed before hello")
 
     async def _serve(self, conn: WsConnection) -> None:
-        """Read frames until the socket closes."""
-        async for msg in conn.ws:
+        """Read frames until the socket closes; while behind, wake up to retry the sync."""
+        while True:
+            try:
+                msg = await conn.ws.receive(timeout=TICK if self._behind else None)
+            except TimeoutError:
+                if self._sync_in_flight and time.monotonic() - self._sync_sent > SYNC_TIMEOUT:
+                    log.debug("sync unanswered: reconnecting to replay instead")
+                    return
+                await self._maybe_sync()
+                continue
             if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                break
+                return
             frame = decode_frame(msg.data)
             if isinstance(frame, Message | Receipt):
                 await self._offer(frame)
@@ -293,16 +312,23 @@ class Subscription:
                 self._seen = max(self._seen, frame.last_seq)
                 await self._maybe_sync()
             elif isinstance(frame, ErrorFrame):
-                if frame.ref is not None and conn.settle(
-                    frame.ref, error_from(frame.code, frame.message)
-                ):
+                error = error_from(frame.code, frame.message)
+                if frame.ref is not None and conn.settle(frame.ref, error):
                     continue
                 log.debug("server error frame: %s %s", frame.code, frame.message)
-                if self._sync_in_flight:
-                    # Maybe our sync was refused: start over from a fresh replay instead.
-                    break
+                if frame.code == "rate_limited":
+                    # The throttled frame has no ref: it may have been a send or our sync.
+                    conn.fail_all(error)
+                    self._sync_in_flight = False
+                elif self._sync_in_flight and frame.code in ("bad_frame", "bad_request"):
+                    return  # maybe our sync was refused: a fresh replay does the same job
             elif frame is None:
                 log.debug("ignored frame %.200r", msg.data)
+
+    @property
+    def _behind(self) -> bool:
+        """Events exist past the buffered seq that only a sync (or a replay) will bring."""
+        return self._buffered is not None and (self._seen > self._buffered or self._more)
 
     async def _on_sent(self, conn: WsConnection, sent: Sent) -> None:
         """Settle the send; its outgoing copy is not pushed to us, so rebuild that event."""
@@ -343,12 +369,13 @@ class Subscription:
         conn = self.conn
         if conn is None or self._sync_in_flight or self._buffered is None:
             return
-        if self._seen <= self._buffered and not self._more:
+        if not self._behind:
             return
         room = self._max_buffer - len(self._buffer)
         if room < max(1, self._max_buffer // 4):
             return
         self._sync_in_flight = True
+        self._sync_sent = time.monotonic()
         self._more = False
         frame: dict[str, object] = {
             "type": "sync",

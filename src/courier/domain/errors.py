@@ -10,11 +10,14 @@ class CourierError(Exception):
     message must be a human sentence that leaks nothing internal.
     """
 
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
+    def __init__(
+        self, code: str, message: str, status: int = 400, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"CourierError({self.code!r}, {self.message!r}, {self.status})"
@@ -33,8 +36,9 @@ def unauthorized(message: str = "A valid bearer token is required.") -> CourierE
 
 
 def rate_limited(retry_after: float) -> CourierError:
+    wait = max(retry_after, 0.001)
     return CourierError(
-        "rate_limited", f"Too many requests; retry in {max(retry_after, 0.001):.3f} s.", 429
+        "rate_limited", f"Too many requests; retry in {wait:.3f} s.", 429, retry_after=wait
     )
 
 

@@ -97,9 +97,9 @@ class Delivery:
             return
         result: SendResult = stored.result()
         if result.duplicate:
-            self._metrics.duplicates.inc()
+            self._metrics.hot.send_retries += 1
         else:
-            self._metrics.messages_sent.inc()
+            self._metrics.hot.messages_sent += 1
             incoming, outgoing = result.published
             self._publish(incoming, t0=t0)
             self._publish(outgoing, skip=skip)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -35,6 +36,8 @@ def error_response(exc: CourierError) -> web.Response:
     headers = {}
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return web.Response(
         status=exc.status,
         body=error_body(exc.code, exc.message),

@@ -96,7 +96,7 @@ class Connection:
         if self._closed or not frames or transport is None or transport.is_closing():
             return
         transport.write(text_frames(frames))
-        self._endpoint.metrics.events_pushed.inc(len(frames))
+        self._endpoint.metrics.hot.events_pushed += len(frames)
         if transport.get_write_buffer_size() > self._endpoint.settings.send_buffer_max:
             self._shed("slow_consumer")
 
@@ -207,7 +207,8 @@ class Connection:
     async def handle(self, data: bytes) -> None:
         wait = self._frames.take()
         if wait:
-            self.queue(_error("rate_limited", f"Too many frames; retry in {wait:.3f} s."))
+            message = f"Too many frames; retry in {wait:.3f} s."
+            self.queue(_error("rate_limited", message, _ref_of(data)))
             return
         try:
             frame = wire.frame_decoder.decode(data)

@@ -13,6 +13,9 @@ const TYPING_SHOW_MS = 5000;
 const ACK_DELAY_MS = 150;
 const GAP_WAIT_MS = 1500;
 const HISTORY_PAGE = 50;
+// A browser's first login replays this many of the newest timeline events, so ticks of recent
+// messages are right from the start (receipts are events too).
+const FIRST_REPLAY = 200;
 
 let session = sessionPersist.get("session", null);
 const api = new Api(() => (session ? session.token : null));
@@ -23,6 +26,7 @@ let conn = null;
 let current = null;
 let live = false;
 let acked = 0;
+let replayUntil = 0;
 let ackTimer = null;
 let gapTimer = null;
 let renderQueued = false;
@@ -146,8 +150,8 @@ function stopMain() {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
- * Load the conversation list. A device that has never connected starts its live stream at
- * the newest event the list shows; a known device resumes from its saved seq at once.
+ * Load the conversation list. A device that has never connected starts its live stream a
+ * little before the newest event the list shows; a known device resumes from its saved seq.
  */
 async function bootstrap(myConn) {
   const fresh = store.lastSeq === null;
@@ -162,7 +166,7 @@ async function bootstrap(myConn) {
       if (fresh && store.lastSeq === null) {
         let head = 0;
         for (const c of list) if (c.last && typeof c.last.seq === "number") head = Math.max(head, c.last.seq);
-        store.setLastSeq(head);
+        store.setLastSeq(Math.max(0, head - FIRST_REPLAY));
       }
       break;
     } catch (err) {
@@ -192,6 +196,7 @@ function onReady({ hello }) {
     store.setLastSeq(hello.last_seq);
   }
   acked = 0;
+  replayUntil = hello && typeof hello.last_seq === "number" ? hello.last_seq : 0;
   scheduleAck();
   outbox.flush(true);
   if (current) store.conversation(current).readSent = 0;
@@ -240,6 +245,8 @@ function onFrame(frame) {
         if (outbox.onError(frame.ref, frame.code, frame.message)) {
           store.markFailed(frame.ref, describeSendError(frame.code, frame.message));
         }
+      } else if (frame.code) {
+        console.warn("courier:", frame.code, frame.message || "");
       }
       break;
     case "synced":
@@ -273,9 +280,14 @@ function watchGap() {
     return;
   }
   if (gapTimer) return;
+  const armedAt = store.lastSeq ?? 0;
   gapTimer = setTimeout(() => {
     gapTimer = null;
-    if (store && store.hasGap && conn) conn.sync(store.lastSeq ?? 0);
+    if (!store || !store.hasGap || !conn) return;
+    const now = store.lastSeq ?? 0;
+    // Still replaying what came before this connection, and moving: the replay fills it.
+    if (now < replayUntil && now > armedAt) watchGap();
+    else conn.sync(now);
   }, GAP_WAIT_MS);
 }
 

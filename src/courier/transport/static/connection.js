@@ -47,10 +47,9 @@ export class Connection {
     this.probeTimer = null;
     this.probeDelay = WS_PROBE_FIRST_MS;
     this.probing = false;
-    this.httpSends = [];
-    this.httpSending = false;
+    this.httpSends = { items: [], draining: false };
     this.onOnline = () => this.retryNow();
-    this.onOffline = () => this.emitStatus();
+    this.onOffline = () => this.wentOffline();
   }
 
   start() {
@@ -77,6 +76,16 @@ export class Connection {
     this.connect();
   }
 
+  // The browser says the network is gone: drop the link now rather than wait for a ping to
+  // time out, and show "offline". The `online` event brings it back at once.
+  wentOffline() {
+    if (!this.running) return;
+    this.generation++;
+    this.teardown();
+    this.attempt = Math.max(this.attempt, OFFLINE_AFTER_ATTEMPTS - 1);
+    this.scheduleReconnect();
+  }
+
   get ready() {
     return this.state === "connected";
   }
@@ -89,7 +98,7 @@ export class Connection {
     if (this.transport === "ws") {
       return this.sendFrame({ type: "send", to: msg.to, body: msg.body, client_id: msg.client_id });
     }
-    this.httpSends.push(msg);
+    this.httpSends.items.push(msg);
     this.drainHttpSends();
     return true;
   }
@@ -122,7 +131,7 @@ export class Connection {
 
   sendFrame(frame) {
     const ws = this.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    if (!ws || ws.readyState !== 1) return false; // 1 = OPEN
     try {
       ws.send(JSON.stringify(frame));
       return true;
@@ -133,34 +142,42 @@ export class Connection {
 
   // Over HTTP, sends go one at a time in order, so the server stores them in typing order.
   // A network failure drops the rest of the queue: the outbox re-sends them, in order, later.
+  // Each connection has its own queue; an answer that arrives after a reconnect still counts.
   async drainHttpSends() {
-    if (this.httpSending) return;
-    this.httpSending = true;
-    const gen = this.generation;
+    const queue = this.httpSends;
+    if (queue.draining) return;
+    queue.draining = true;
     try {
-      while (this.httpSends.length && gen === this.generation) {
-        const msg = this.httpSends[0];
+      while (queue.items.length && queue === this.httpSends) {
+        const msg = queue.items[0];
         try {
           const res = await this.api.sendMessage(msg);
-          this.httpSends.shift();
+          queue.items.shift();
           this.cb.onFrame?.({ type: "sent", ...res, client_id: res.client_id ?? msg.client_id });
         } catch (err) {
+          if (queue !== this.httpSends) return;
           if (err instanceof ApiError && err.status === 401) {
-            this.httpSends = [];
+            queue.items = [];
             this.authFailed();
             return;
           }
           if (err instanceof ApiError && err.status !== 429 && err.status < 500) {
-            this.httpSends.shift();
+            queue.items.shift();
             this.cb.onFrame?.({ type: "error", code: err.code, message: err.message, ref: msg.client_id });
             continue;
           }
-          this.httpSends = [];
+          // The network failed: the message may or may not be stored. The outbox sends it
+          // again with the same client_id, which the server answers with the original.
+          const failed = queue.items;
+          queue.items = [];
+          for (const m of failed) {
+            this.cb.onFrame?.({ type: "error", code: "not_connected", message: err.message, ref: m.client_id });
+          }
           return;
         }
       }
     } finally {
-      this.httpSending = false;
+      queue.draining = false;
     }
   }
 
@@ -185,7 +202,7 @@ export class Connection {
       this.pollAbort.abort();
       this.pollAbort = null;
     }
-    this.httpSends = [];
+    this.httpSends = { items: [], draining: false };
   }
 
   connect() {
@@ -249,15 +266,13 @@ export class Connection {
         this.cb.onFrame?.(frame);
       }
     };
-    ws.onclose = (ev) => {
+    ws.onclose = () => {
       if (gen !== this.generation) return;
       clearTimeout(helloTimer);
       this.ws = null;
       this.stopPing();
-      if (ev.code === 1008 && !helloSeen) {
-        this.authFailed();
-        return;
-      }
+      // A refused token also lands here (HTTP 401 before the upgrade, or 1008 after a failed
+      // auth frame): the long-poll fallback then gets a clear 401 and ends the session.
       if (!helloSeen) {
         this.wsFailed(gen);
         return;

@@ -3,8 +3,12 @@
 // answers a repeated client_id with the original `sent`, so re-sending is always safe and a
 // message is never stored twice.
 
+// An entry sent without an answer is sent again after RESEND_AFTER_MS; one refused for a
+// passing reason (rate limit, network) after a backoff that grows with each refusal.
 const RESEND_AFTER_MS = 10000;
-const WATCH_EVERY_MS = 2000;
+const RETRY_BASE_MS = 1000;
+const RETRY_MAX_MS = 30000;
+const WATCH_EVERY_MS = 1000;
 
 // Codes that mean "try the same request again later"; any other refusal is final.
 const RETRYABLE = new Set([
@@ -39,7 +43,7 @@ export class Outbox {
   constructor(persist) {
     this.persist = persist;
     this.conn = null;
-    this.inflight = new Map(); // client_id -> time of the last send attempt
+    this.inflight = new Map(); // client_id -> {nextAt, failures}
     this.watch = null;
   }
 
@@ -116,18 +120,27 @@ export class Outbox {
     const now = Date.now();
     for (const e of this.entries()) {
       if (e.failed) continue;
-      const last = this.inflight.get(e.client_id);
-      if (!all && last !== undefined && now - last < RESEND_AFTER_MS) continue;
+      const state = this.inflight.get(e.client_id) || { nextAt: 0, failures: 0 };
+      if (!all && now < state.nextAt) {
+        // In flight: later entries may follow it. Backing off after a refusal: they wait,
+        // so the server stores messages in the order they were typed.
+        if (state.failures > 0) return;
+        continue;
+      }
       if (!conn.sendMessage(e)) return;
-      this.inflight.set(e.client_id, now);
+      state.nextAt = now + RESEND_AFTER_MS;
+      this.inflight.set(e.client_id, state);
     }
   }
 
   /** An error frame whose ref is one of ours. Returns true when the entry failed for good. */
   onError(clientId, code, message) {
     if (isRetryable(code)) {
-      // Leave it in flight: the watchdog sends it again after RESEND_AFTER_MS.
-      this.inflight.set(clientId, Date.now());
+      const state = this.inflight.get(clientId) || { nextAt: 0, failures: 0 };
+      state.failures++;
+      const ceiling = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (state.failures - 1));
+      state.nextAt = Date.now() + Math.round(ceiling * (0.5 + Math.random() * 0.5));
+      this.inflight.set(clientId, state);
       return false;
     }
     this.setFailed(clientId, message || code);

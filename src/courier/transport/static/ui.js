@@ -170,6 +170,8 @@ export class UI {
     $("login").hidden = true;
     $("main").hidden = false;
     $("me").textContent = me;
+    $("logout").setAttribute("aria-label", `Log out ${me}`);
+    $("logout").title = `Log out ${me}`;
     this.messageEls.clear();
     this.convEls.clear();
     $("message-items").replaceChildren();
@@ -192,20 +194,23 @@ export class UI {
     box.dataset.state = state;
     box.dataset.transport = transport;
     clearInterval(this.statusTimer);
-    const paint = () => {
-      let text;
-      if (state === "connected") text = transport === "poll" ? "Connected (long-poll)" : "Connected";
-      else if (state === "connecting") text = "Connecting\u2026";
-      else {
-        const secs = retryAt ? Math.max(0, Math.ceil((retryAt - Date.now()) / 1000)) : 0;
-        const base = state === "offline" ? "Offline" : "Reconnecting\u2026";
-        text = secs > 0 ? `${base} retry in ${secs}s` : base;
-      }
-      $("conn-text").textContent = text;
+    let text;
+    if (state === "connected") text = transport === "poll" ? "Connected (long-poll)" : "Connected";
+    else if (state === "connecting") text = "Connecting\u2026";
+    else if (state === "offline") text = "Offline";
+    else text = "Reconnecting";
+    // The live region gets the state only; the countdown beside it is for the eyes.
+    if ($("conn-text").textContent !== text) $("conn-text").textContent = text;
+    const countdown = () => {
+      const secs = retryAt ? Math.ceil((retryAt - Date.now()) / 1000) : 0;
+      let hint = "";
+      if (state === "offline") hint = secs > 0 ? `, retrying in ${secs}s` : ", retrying\u2026";
+      else if (state === "reconnecting") hint = secs > 0 ? ` in ${secs}s` : "\u2026";
+      $("conn-countdown").textContent = hint;
     };
-    paint();
+    countdown();
     $("conn-retry").hidden = state === "connected" || state === "connecting";
-    if (state !== "connected" && retryAt) this.statusTimer = setInterval(paint, 1000);
+    if (state !== "connected" && retryAt) this.statusTimer = setInterval(countdown, 1000);
   }
 
   // ---- conversation list ------------------------------------------------------------------
@@ -237,10 +242,12 @@ export class UI {
         timeEl.textContent = last ? formatTime(last.ts) : "";
         if (last) timeEl.dateTime = new Date(last.ts).toISOString();
         lastEl.textContent = last ? (last.outgoing ? `You: ${last.body}` : last.body) : "";
-        unreadEl.textContent = c.unread ? String(c.unread) : "";
+        if (unreadEl.dataset.count !== String(c.unread)) {
+          unreadEl.dataset.count = String(c.unread);
+          unreadEl.replaceChildren();
+          if (c.unread) unreadEl.append(String(c.unread), h("span", { class: "visually-hidden", text: " unread" }));
+        }
         unreadEl.hidden = !c.unread;
-        const label = [c.peer, c.unread ? `${c.unread} unread` : null].filter(Boolean).join(", ");
-        link.setAttribute("aria-label", label);
         if (c.peer === currentPeer) link.setAttribute("aria-current", "page");
         else link.removeAttribute("aria-current");
       },

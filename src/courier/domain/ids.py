@@ -6,7 +6,7 @@ the low bits count up, so ids from one process are strictly increasing.
 
 from __future__ import annotations
 
-import os
+import random
 import time
 
 _LOW = (1 << 80) - 1
@@ -26,5 +26,7 @@ class IdGenerator:
             self._low = (self._low + 1) & _LOW
         else:
             self._last_ms = ms
-            self._low = int.from_bytes(os.urandom(10), "big") >> 8  # leave room to count up
+            # Not os.urandom: ids need no secrecy, and a syscall here would hand the GIL to
+            # the store's writer thread in the middle of the hot path.
+            self._low = random.getrandbits(72)  # leaves room to count up within the ms
         return f"{ms:012x}{self._low:020x}"

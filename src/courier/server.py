@@ -104,7 +104,16 @@ class Server:
             ),
         )
         app = build_app(api, ws, s.request_max_bytes)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        # Generous line and header bounds so that long-but-well-formed requests reach the
+        # application and get the contract's JSON errors; only broken HTTP framing is
+        # answered by aiohttp's own (plain-text) 400.
+        self._runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            max_line_size=32 * 1024,
+            max_field_size=32 * 1024,
+        )
         await self._runner.setup()
         if sock is not None:
             site: web.BaseSite = web.SockSite(self._runner, sock)

@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 from aiohttp import web
 
+from courier.domain.errors import CourierError
 from courier.transport.errors import error_middleware
 from courier.transport.http_api import HttpApi
 from courier.transport.openapi import build_openapi
@@ -36,8 +37,16 @@ def build_app(api: HttpApi, ws: WsEndpoint, request_max_bytes: int) -> web.Appli
         return web.json_response({"name": "courier", "api": "/openapi.json"})
 
     app.router.add_get("/", home)
-    if STATIC_DIR.is_dir():
-        app.router.add_static("/static/", STATIC_DIR, append_version=False)
+    # A fixed set of files known at start: no path from the request ever reaches the disk.
+    assets = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()} if STATIC_DIR.is_dir() else {}
+
+    async def static(request: web.Request) -> web.StreamResponse:
+        path = assets.get(request.match_info["name"])
+        if path is None:
+            raise CourierError("not_found", "There is no such file.", 404)
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/static/{name}", static)
 
     async def on_shutdown(app: web.Application) -> None:
         await ws.shutdown()

@@ -155,6 +155,8 @@ class HttpApi:
                 rows, more = await self.delivery.events(session, after, limit)
                 if not rows:
                     await waiter.wait(wait)
+                    # A logout while the request was held ends it like any other request.
+                    session = await self.session(request)
                     rows, more = await self.delivery.events(session, after, limit)
             finally:
                 self.registry.remove(waiter)

@@ -97,7 +97,12 @@ class Connection:
             return
         transport.write(text_frames(frames))
         self._endpoint.metrics.hot.events_pushed += len(frames)
-        if transport.get_write_buffer_size() > self._endpoint.settings.send_buffer_max:
+        # While catching up, the replay waits for the socket itself (`_drained`); a reader
+        # is only too slow when live traffic outruns it.
+        if (
+            not self._catching_up
+            and transport.get_write_buffer_size() > self._endpoint.settings.send_buffer_max
+        ):
             self._shed("slow_consumer")
 
     def _shed(self, reason: str) -> None:
@@ -174,10 +179,16 @@ class Connection:
         while not self._closed:
             self._held_overflow = False
             rows, more = await delivery.events(self.session, self.last_seq, EVENTS_LIMIT_MAX)
+            chunk = 0
             for seq, data in rows:
                 if seq > self.last_seq:
                     self.last_seq = seq
                     self.queue(data)
+                    chunk += len(data)
+                    if chunk >= self._endpoint.settings.send_buffer_max // 4:
+                        chunk = 0
+                        self._flush()
+                        await self._drained()
             self._flush()
             await self._drained()
             if not more and not self._held_overflow:
@@ -310,7 +321,7 @@ class WsEndpoint:
             session = await self.accounts.authenticate(token)  # 401 before the upgrade
             self.registry.ensure_room(session.username)  # 429 before the upgrade
         ws = web.WebSocketResponse(
-            max_msg_size=self.settings.frame_max_bytes,
+            max_msg_size=self.settings.frame_max_bytes + 1,  # "at most": the limit itself is fine
             heartbeat=self.settings.heartbeat,
             compress=False,
             decode_text=False,

@@ -31,6 +31,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Store
     store_batch_max: int = 1000
     store_cache_mb: int = 128
+    # Recent-conversations cache
+    cache_users: int = 10_000  # users whose views the in-process cache keeps (LRU)
+    cache_ttl: float = 300.0  # seconds a view may be served before it is read again
     # Retention (0 = keep forever)
     retention_days: float = 0.0
     retention_interval: float = 3600.0
@@ -105,6 +108,8 @@ def _check(s: Settings) -> None:
         "auth_timeout",
         "store_batch_max",
         "store_cache_mb",
+        "cache_users",
+        "cache_ttl",
         "retention_interval",
         "argon2_time_cost",
         "argon2_memory_kib",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -20,8 +20,9 @@ class HotCounters(Collector):
         self.messages_sent = 0
         self.send_retries = 0
         self.events_pushed = 0
+        self.cache = {"hit": 0, "miss": 0, "error": 0}
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield CounterMetricFamily(
             "courier_messages_sent",
             "Messages durably stored (retries not counted).",
@@ -36,6 +37,20 @@ class HotCounters(Collector):
             "courier_events_pushed",
             "Frames written to live WebSocket connections.",
             value=self.events_pushed,
+        )
+        lookups = CounterMetricFamily(
+            "courier_cache_requests",
+            "Recent-conversation cache lookups, by result (hit, miss, error).",
+            labels=["result"],
+        )
+        for result, count in self.cache.items():
+            lookups.add_metric([result], count)
+        yield lookups
+        total = sum(self.cache.values())
+        yield GaugeMetricFamily(
+            "courier_cache_hit_ratio",
+            "Recent-conversation cache hits over lookups since start.",
+            value=self.cache["hit"] / total if total else 0.0,
         )
 
 

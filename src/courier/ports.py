@@ -96,3 +96,36 @@ class Broker(Protocol):
     def unwatch(self, user: str) -> None:
         """This node holds no connection of `user` any more."""
         ...
+
+
+class CachedView(msgspec.Struct, frozen=True):
+    """The seed's recent-conversations cache for one user: the most recent conversations and
+    the newest messages of the first few, as the store would answer them."""
+
+    conversations: list[Conversation]
+    complete: bool  # True when `conversations` holds every conversation of the user
+    recent: dict[str, list[tuple[int, bytes]]]  # peer -> newest messages, newest first
+
+
+class Cache(Protocol):
+    """Recent conversations per user. A miss or a failure is never an error: the caller falls
+    through to the store."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    async def get(self, user: str) -> CachedView | None: ...
+
+    async def fill(self, user: str, generation: int, view: CachedView) -> None:
+        """Store `view` unless `user` was invalidated since `generation` was read."""
+        ...
+
+    async def generation(self, user: str) -> int: ...
+
+    def invalidate(self, user: str) -> None:
+        """Non-blocking; adapters may batch invalidations of one loop tick."""
+        ...

@@ -17,6 +17,7 @@ from aiohttp import web
 from argon2 import PasswordHasher
 
 from courier.adapters.local_broker import LocalBroker
+from courier.adapters.memory_cache import MemoryCache
 from courier.adapters.rocks_store import RocksStore
 from courier.config import Settings
 from courier.metrics import Metrics
@@ -51,6 +52,7 @@ class Server:
             cache_mb=settings.store_cache_mb,
         )
         self.broker = LocalBroker()
+        self.cache = MemoryCache(max_users=settings.cache_users, ttl=settings.cache_ttl)
         self.registry = Registry(self.broker, self.metrics, settings.max_connections_per_user)
         hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,
@@ -67,6 +69,7 @@ class Server:
             send_burst=settings.send_burst,
             typing_rate=settings.typing_rate,
             typing_burst=settings.typing_burst,
+            cache=self.cache,
         )
         self._runner: web.AppRunner | None = None
         self._retention: asyncio.Task[None] | None = None
@@ -79,6 +82,7 @@ class Server:
     async def start(self, sock: socket.socket | None = None) -> None:
         s = self.settings
         await self.store.open()
+        await self.cache.start()
         await self.broker.start(self.registry.dispatch)
         api = HttpApi(
             self.accounts,
@@ -137,6 +141,7 @@ class Server:
             await self._runner.cleanup()
             self._runner = None
         await self.broker.close()
+        await self.cache.close()
         await self.store.close()
 
 

@@ -28,9 +28,10 @@ from courier.domain.ops import (
     SendResult,
 )
 from courier.metrics import Metrics
-from courier.ports import EVENT, TYPING, Broker, Envelope, Store
+from courier.ports import EVENT, TYPING, Broker, Cache, Envelope, Store
 from courier.service.accounts import Session, now_ms
 from courier.service.ratelimit import KeyedLimiter
+from courier.service.recent import RecentConversations
 
 EVENTS_LIMIT_DEFAULT, EVENTS_LIMIT_MAX = 100, 1000
 HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX = 50, 200
@@ -49,8 +50,10 @@ class Delivery:
         send_burst: int,
         typing_rate: float,
         typing_burst: int,
+        cache: Cache | None = None,
     ) -> None:
         self._store = store
+        self._recent = RecentConversations(store, cache, metrics) if cache is not None else None
         self._broker = broker
         self._metrics = metrics
         self._body_max = body_max_chars
@@ -101,6 +104,9 @@ class Delivery:
         else:
             self._metrics.hot.messages_sent += 1
             incoming, outgoing = result.published
+            if self._recent is not None:
+                self._recent.invalidate(incoming.user)
+                self._recent.invalidate(outgoing.user)
             self._publish(incoming, t0=t0)
             self._publish(outgoing, skip=skip)
         if not answer.done():
@@ -146,6 +152,8 @@ class Delivery:
             raise unknown_user(peer)
         seq = await self._check_seq(user, seq)
         up_to: int = await self._store.submit(MarkRead(user, peer, seq))
+        if self._recent is not None:
+            self._recent.invalidate(user)  # unread counts changed
         if up_to:
             await self._receipts([AppendReceipt(peer, user, READ, up_to, now_ms())])
 
@@ -176,7 +184,10 @@ class Delivery:
 
     # ---- conversations and history ------------------------------------------------------
     async def conversations(self, session: Session, limit: int) -> list[Conversation]:
-        return await self._store.conversations(session.username, _clamp(limit, HISTORY_LIMIT_MAX))
+        limit = _clamp(limit, HISTORY_LIMIT_MAX)
+        if self._recent is not None:
+            return await self._recent.conversations(session.username, limit)
+        return await self._store.conversations(session.username, limit)
 
     async def history(
         self, session: Session, peer: str, before: int | None, limit: int
@@ -187,7 +198,11 @@ class Delivery:
         if before is not None and before < 1:
             raise bad_request("before must be a positive seq.")
         limit = _clamp(limit, HISTORY_LIMIT_MAX)
-        rows = await self._store.history(session.username, peer, before, limit + 1)
+        rows = None
+        if before is None and self._recent is not None:
+            rows = await self._recent.first_page(session.username, peer, limit)
+        if rows is None:
+            rows = await self._store.history(session.username, peer, before, limit + 1)
         if not rows and await self._store.get_user(peer) is None:
             raise unknown_user(peer)
         page = rows[:limit]

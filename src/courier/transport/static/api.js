@@ -97,7 +97,11 @@ export class Api {
   }
 
   events(after, { wait = 0, limit = 500, signal } = {}) {
-    const q = new URLSearchParams({ after: String(after), wait: String(wait), limit: String(limit) });
+    const q = new URLSearchParams({
+      after: String(after),
+      wait: String(wait),
+      limit: String(limit),
+    });
     return this.request("GET", `/v1/events?${q}`, { signal, timeoutMs: (wait + 15) * 1000 });
   }
 

@@ -50,7 +50,9 @@ const ui = new UI({
 // ---- session ----------------------------------------------------------------------------
 
 function describeAuthError(err) {
-  if (err instanceof NetworkError) return "Can't reach the server. Check your connection and try again.";
+  if (err instanceof NetworkError) {
+    return "Can't reach the server. Check your connection and try again.";
+  }
   if (err instanceof ApiError) {
     if (err.code === "invalid_credentials") return "Wrong username or password.";
     if (err.code === "username_taken") return "That username is taken. Pick another one.";
@@ -85,7 +87,10 @@ async function login(action, username, password) {
 
 async function logout() {
   const pending = outbox ? outbox.pendingCount : 0;
-  if (pending && !window.confirm(`${pending} unsent message(s) will be discarded. Log out anyway?`)) {
+  if (
+    pending &&
+    !window.confirm(`${pending} unsent message(s) will be discarded. Log out anyway?`)
+  ) {
     return;
   }
   try {
@@ -165,7 +170,9 @@ async function bootstrap(myConn) {
       store.applyConversations(list);
       if (fresh && store.lastSeq === null) {
         let head = 0;
-        for (const c of list) if (c.last && typeof c.last.seq === "number") head = Math.max(head, c.last.seq);
+        for (const c of list) {
+          if (c.last && typeof c.last.seq === "number") head = Math.max(head, c.last.seq);
+        }
         store.setLastSeq(Math.max(0, head - FIRST_REPLAY));
       }
       break;
@@ -176,7 +183,11 @@ async function bootstrap(myConn) {
         return;
       }
       if (err instanceof ApiError && err.status < 500 && err.status !== 429) break;
-      ui.renderStatus({ state: "reconnecting", transport: myConn.transport, retryAt: Date.now() + delay });
+      // Before the first connection the indicator is ours to set; after it, the link's.
+      if (fresh) {
+        const retryAt = Date.now() + delay;
+        ui.renderStatus({ state: "reconnecting", transport: myConn.transport, retryAt });
+      }
       await sleep(delay);
       delay = Math.min(delay * 2, 10000);
     }
@@ -190,7 +201,12 @@ async function bootstrap(myConn) {
 // ---- events from the server ---------------------------------------------------------------
 
 function onReady({ hello }) {
-  if (hello && typeof hello.last_seq === "number" && store.lastSeq !== null && hello.last_seq < store.lastSeq) {
+  if (
+    hello &&
+    typeof hello.last_seq === "number" &&
+    store.lastSeq !== null &&
+    hello.last_seq < store.lastSeq
+  ) {
     // The server's timeline is shorter than what we processed (its data was reset):
     // follow the server from here on.
     store.setLastSeq(hello.last_seq);
@@ -358,15 +374,21 @@ async function loadHistory(conv) {
   conv.loadingHistory = true;
   if (conv.cursor !== undefined) ui.setHistoryStatus("Loading older messages\u2026");
   try {
-    const res = await api.history(conv.peer, { before: conv.cursor ?? null, limit: HISTORY_PAGE });
+    // What a conversation holds is complete from its oldest message up (the live stream and
+    // replays have no gaps), so the next page is always the one before the oldest held.
+    const res = await api.history(conv.peer, { before: conv.oldestSeq, limit: HISTORY_PAGE });
     if (store !== myStore) return;
     for (const ev of res.messages || []) {
       if (ev.type && ev.type !== "message") continue;
       store.addEvent(ev, { quiet: true });
-      if (ev.from === store.me && ev.client_id && outbox.has(ev.client_id)) outbox.remove(ev.client_id);
+      if (ev.from === store.me && ev.client_id && outbox.has(ev.client_id)) {
+        outbox.remove(ev.client_id);
+      }
     }
     conv.cursor = res.next_before ?? null;
-    ui.setHistoryStatus(conv.cursor === null && conv.messages.length ? "Start of the conversation" : "");
+    ui.setHistoryStatus(
+      conv.cursor === null && conv.messages.length ? "Start of the conversation" : "",
+    );
     store.emit("messages", conv.peer);
   } catch (err) {
     if (store !== myStore) return;

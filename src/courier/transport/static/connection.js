@@ -163,7 +163,12 @@ export class Connection {
           }
           if (err instanceof ApiError && err.status !== 429 && err.status < 500) {
             queue.items.shift();
-            this.cb.onFrame?.({ type: "error", code: err.code, message: err.message, ref: msg.client_id });
+            this.cb.onFrame?.({
+              type: "error",
+              code: err.code,
+              message: err.message,
+              ref: msg.client_id,
+            });
             continue;
           }
           // The network failed: the message may or may not be stored. The outbox sends it
@@ -171,7 +176,12 @@ export class Connection {
           const failed = queue.items;
           queue.items = [];
           for (const m of failed) {
-            this.cb.onFrame?.({ type: "error", code: "not_connected", message: err.message, ref: m.client_id });
+            this.cb.onFrame?.({
+              type: "error",
+              code: "not_connected",
+              message: err.message,
+              ref: m.client_id,
+            });
           }
           return;
         }
@@ -209,14 +219,19 @@ export class Connection {
     if (!this.running) return;
     this.teardown();
     const gen = ++this.generation;
-    if (this.state !== "connected" && !this.probing) this.setState(this.attempt ? "reconnecting" : "connecting");
+    if (this.state !== "connected" && !this.probing) {
+      this.setState(this.attempt ? "reconnecting" : "connecting");
+    }
     if (this.transport === "ws") this.openWs(gen);
     else this.poll(gen);
   }
 
   wsUrl() {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const q = new URLSearchParams({ token: this.getToken() || "", after: String(this.cb.getAfter()) });
+    const q = new URLSearchParams({
+      token: this.getToken() || "",
+      after: String(this.cb.getAfter()),
+    });
     return `${proto}//${location.host}/v1/ws?${q}`;
   }
 
@@ -420,6 +435,11 @@ export class Connection {
   emitStatus() {
     let state = this.state;
     if (navigator.onLine === false && state !== "connected") state = "offline";
-    this.cb.onStatus?.({ state, transport: this.transport, retryAt: this.retryAt, attempt: this.attempt });
+    this.cb.onStatus?.({
+      state,
+      transport: this.transport,
+      retryAt: this.retryAt,
+      attempt: this.attempt,
+    });
   }
 }

@@ -70,7 +70,7 @@ export class Conversation {
     this.byClientId = new Map();
     this.unread = 0;
     this.activity = 0;
-    // History paging: undefined = never loaded, a number = load before it, null = all loaded.
+    // History paging: undefined = never loaded, a number = more before it, null = all loaded.
     this.cursor = undefined;
     this.loadingHistory = false;
     this.readSent = 0;
@@ -204,7 +204,9 @@ export class Store {
       const conv = this.conversation(item.peer);
       if (item.last) {
         this.addEvent(item.last, { quiet: true });
-        if (typeof item.last.seq === "number") conv.countedUpTo = Math.max(conv.countedUpTo, item.last.seq);
+        if (typeof item.last.seq === "number") {
+          conv.countedUpTo = Math.max(conv.countedUpTo, item.last.seq);
+        }
       }
       conv.unread = Math.max(0, item.unread | 0);
     }
@@ -224,11 +226,19 @@ export class Store {
     const outgoing = ev.from === this.me;
     const peer = this.peerOf(ev);
     const conv = this.conversation(peer);
-    if (ev.seq != null && conv.bySeq.has(ev.seq)) return { conv, added: false, incoming: !outgoing };
+    if (ev.seq != null && conv.bySeq.has(ev.seq)) {
+      return { conv, added: false, incoming: !outgoing };
+    }
     if (outgoing && ev.client_id && conv.byClientId.has(ev.client_id)) {
       const msg = conv.byClientId.get(ev.client_id);
       if (msg.seq == null && ev.seq != null) {
-        Object.assign(msg, { seq: ev.seq, id: ev.id, ts: ev.ts ?? msg.ts, state: "sent", error: null });
+        Object.assign(msg, {
+          seq: ev.seq,
+          id: ev.id,
+          ts: ev.ts ?? msg.ts,
+          state: "sent",
+          error: null,
+        });
         conv.reposition(msg);
         if (!quiet) this.emit("messages", peer);
       }

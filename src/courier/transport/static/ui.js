@@ -42,7 +42,11 @@ function reconcile(container, items, cache, keyOf, create, update) {
 }
 
 function sameDay(a, b) {
-  return a.getFullYear() === b.getFullYear() && a.getMonth() === b.getMonth() && a.getDate() === b.getDate();
+  return (
+    a.getFullYear() === b.getFullYear() &&
+    a.getMonth() === b.getMonth() &&
+    a.getDate() === b.getDate()
+  );
 }
 
 export function formatTime(ts) {
@@ -78,7 +82,11 @@ export class UI {
     form.addEventListener("submit", (e) => {
       e.preventDefault();
       const action = e.submitter && e.submitter.value === "register" ? "register" : "login";
-      this.on.login(action, $("login-username").value.trim().toLowerCase(), $("login-password").value);
+      this.on.login(
+        action,
+        $("login-username").value.trim().toLowerCase(),
+        $("login-password").value,
+      );
     });
     $("logout").addEventListener("click", () => this.on.logout());
     $("conn-retry").addEventListener("click", () => this.on.retryConnection());
@@ -245,7 +253,10 @@ export class UI {
         if (unreadEl.dataset.count !== String(c.unread)) {
           unreadEl.dataset.count = String(c.unread);
           unreadEl.replaceChildren();
-          if (c.unread) unreadEl.append(String(c.unread), h("span", { class: "visually-hidden", text: " unread" }));
+          if (c.unread) {
+            const label = h("span", { class: "visually-hidden", text: " unread" });
+            unreadEl.append(String(c.unread), label);
+          }
         }
         unreadEl.hidden = !c.unread;
         if (c.peer === currentPeer) link.setAttribute("aria-current", "page");
@@ -371,7 +382,8 @@ export class UI {
       time.dateTime = new Date(m.ts).toISOString();
     }
     if (!m.outgoing) return;
-    if (node.dataset.status === status && (status !== "failed" || node.querySelector(".failure"))) return;
+    const unchanged = node.dataset.status === status;
+    if (unchanged && (status !== "failed" || node.querySelector(".failure"))) return;
     node.dataset.status = status;
     const tick = node.querySelector(".tick");
     const t = TICKS[status] || TICKS.sent;
@@ -386,7 +398,12 @@ export class UI {
           { class: "failure" },
           h("span", { text: `Not sent: ${m.error || "refused by the server"}` }),
           h("button", { type: "button", class: "link", "data-action": "retry", text: "Retry" }),
-          h("button", { type: "button", class: "link", "data-action": "discard", text: "Delete" }),
+          h("button", {
+            type: "button",
+            class: "link",
+            "data-action": "discard",
+            text: "Delete",
+          }),
         ),
       );
     }

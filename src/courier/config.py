@@ -32,6 +32,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store_batch_max: int = 1000
     store_cache_mb: int = 128
     # Recent-conversations cache
+    cache: str = "memory"  # "memory" (in-process LRU) | "redis"
+    redis_url: str = "redis://127.0.0.1:6379/0"
     cache_users: int = 10_000  # users whose views the in-process cache keeps (LRU)
     cache_ttl: float = 300.0  # seconds a view may be served before it is read again
     # Retention (0 = keep forever)
@@ -120,6 +122,8 @@ def _check(s: Settings) -> None:
             raise ValueError(f"setting {name} must be positive")
     if not 0 <= s.port <= 65535:
         raise ValueError("setting port must be in 0..65535 (0 = any free port)")
+    if s.cache not in ("memory", "redis"):
+        raise ValueError("setting cache must be memory or redis")
     if s.retention_days < 0:
         raise ValueError("setting retention_days must be 0 (off) or positive")
     if not 0 < s.longpoll_max_wait <= 3600:

@@ -21,6 +21,7 @@ from courier.adapters.memory_cache import MemoryCache
 from courier.adapters.rocks_store import RocksStore
 from courier.config import Settings
 from courier.metrics import Metrics
+from courier.ports import Cache
 from courier.service.accounts import Accounts
 from courier.service.delivery import Delivery
 from courier.service.registry import Registry
@@ -41,6 +42,15 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def build_cache(settings: Settings) -> Cache:
+    """The Cache adapter named by the settings (Redis is imported only when used)."""
+    if settings.cache == "redis":
+        from courier.adapters.redis_cache import RedisCache
+
+        return RedisCache(settings.redis_url, ttl=settings.cache_ttl)
+    return MemoryCache(max_users=settings.cache_users, ttl=settings.cache_ttl)
+
+
 class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -52,7 +62,7 @@ class Server:
             cache_mb=settings.store_cache_mb,
         )
         self.broker = LocalBroker()
-        self.cache = MemoryCache(max_users=settings.cache_users, ttl=settings.cache_ttl)
+        self.cache = build_cache(settings)
         self.registry = Registry(self.broker, self.metrics, settings.max_connections_per_user)
         hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,
@@ -88,8 +98,7 @@ class Server:
             self.accounts,
             self.delivery,
             self.registry,
-            self.store,
-            self.broker,
+            {"store": self.store, "broker": self.broker, "cache": self.cache},
             self.metrics,
             s.longpoll_max_wait,
         )

@@ -8,7 +8,7 @@ earlier in the same batch are served from the overlay dictionaries.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from rocksdict import Rdict, WriteBatch
@@ -48,13 +48,45 @@ class Batch:
         # (owner, peer) -> [last_seq, in_total, read_seq, read_ordinal, last_in_cp, orig_last]
         self._metas: dict[tuple[str, str], list[int]] = {}
         self._sent: dict[bytes, SendResult] = {}
+        self._prefetched: dict[bytes, bytes | None] = {}
         self.published = 0
 
     # ---- overlay primitives -------------------------------------------------------------
+    def prefetch(self, ops: list[WriteOp]) -> None:
+        """Read every key the batch's sends will look at in one multi-get.
+
+        A point get costs microseconds, but rocksdict releases the GIL for each one and the
+        writer thread may then wait for the event loop's thread to hand it back: one call per
+        batch instead of several per message.
+        """
+        keys: list[bytes] = []
+        for op in ops:
+            if isinstance(op, AppendMessage):
+                s, r = op.sender, op.recipient
+                keys += (
+                    K.dedupe_key(s, s, op.client_id),
+                    K.head_key(s),
+                    K.head_key(r),
+                    K.meta_key(s, r),
+                    K.meta_key(r, s),
+                )
+                if r not in self.known_users:
+                    keys.append(K.user_key(r))
+        if keys:
+            keys = list(dict.fromkeys(keys))
+            values = cast("list[bytes | None]", self.db.get(list[Any](keys)))
+            self._prefetched = dict(zip(keys, values, strict=True))
+
+    def _read(self, key: bytes) -> bytes | None:
+        value = self._prefetched.get(key, _MISSING)
+        if value is _MISSING:
+            return self.db.get(key)
+        return value  # type: ignore[return-value]
+
     def get(self, key: bytes) -> bytes | None:
         value = self._kv.get(key, _MISSING)
         if value is _MISSING:
-            return self.db.get(key)
+            return self._read(key)
         return value  # type: ignore[return-value]
 
     def put(self, key: bytes, value: bytes) -> None:
@@ -68,7 +100,7 @@ class Batch:
     def committed_head(self, user: str) -> int:
         head = self._committed_heads.get(user)
         if head is None:
-            raw = self.db.get(K.head_key(user))
+            raw = self._read(K.head_key(user))
             head = K.unpack_u64(raw) if raw else 0
             self._committed_heads[user] = head
         return head
@@ -94,7 +126,7 @@ class Batch:
     def meta(self, owner: str, peer: str) -> list[int] | None:
         meta = self._metas.get((owner, peer))
         if meta is None:
-            raw = self.db.get(K.meta_key(owner, peer))
+            raw = self._read(K.meta_key(owner, peer))
             if raw is None:
                 return None
             meta = K.unpack_meta(raw)

@@ -138,6 +138,7 @@ class RocksStore:
         batch = Batch(self.db, self._known_users)
         results: list[Any] = []
         try:
+            batch.prefetch([op for op, _fut in items])
             for op, _fut in items:
                 try:
                     results.append(batch.apply(op))

@@ -1,0 +1,134 @@
+"""Results out: one JSON line per workload on stdout, and a Markdown summary."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import Result
+
+
+def emit(result: Result, jsonl: Path) -> None:
+    line = json.dumps(result, separators=(",", ":"))
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+    with jsonl.open("a") as f:
+        f.write(line + "\n")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+WORST_OF = {
+    "lost",
+    "duplicated",
+    "reordered",
+    "send_errors",
+    "disconnects",
+    "failed",
+    "failed_runs",
+}
+
+
+def median_of(values: list[Any], key: str = "") -> Any:
+    """The median of every numeric leaf across repeated runs (the worst for error counts,
+    so a loss in one run is never hidden); other leaves from the first run."""
+    first = values[0]
+    if all(_is_number(v) for v in values):
+        if key in WORST_OF:
+            return max(values)
+        m = statistics.median(values)
+        return round(m, 3) if isinstance(m, float) else m
+    if all(isinstance(v, dict) for v in values):
+        return {k: median_of([v[k] for v in values if k in v], k) for k in first}
+    if all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
+        return [median_of(list(items), key) for items in zip(*values, strict=True)]
+    if all(isinstance(v, bool) for v in values) and isinstance(first, bool):
+        return all(values) if first else any(values)
+    return first
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if value < 100 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _lat(result: Result, key: str) -> str:
+    lat = result.get("latency_ms")
+    return _fmt(lat.get(key)) if isinstance(lat, dict) else "-"
+
+
+def _notes(r: Result) -> str:
+    w = r.get("workload")
+    notes: list[str] = []
+    if w == "W2":
+        notes.append(f"drain {_fmt(r.get('seconds'))} s, correct={r.get('correct')}")
+    if w == "W3":
+        notes.append(
+            f"{_fmt(r.get('connected'))}/{_fmt(r.get('connections'))} connected in "
+            f"{_fmt(r.get('connect_s'))} s ({_fmt(r.get('connect_ms_per_conn'))} ms/conn), "
+            f"alive after hold {_fmt(r.get('alive_after_hold'))}, "
+            f"server RSS {_fmt(r.get('server_rss_kib_per_conn'))} KiB/conn"
+        )
+    if w == "W5":
+        for p in r.get("phases", []):
+            lat = p.get("latency_ms", {})
+            notes.append(
+                f"{_fmt(p.get('target_msg_per_s'))} msg/s: p50 {_fmt(lat.get('p50'))} / "
+                f"p99 {_fmt(lat.get('p99'))} / max {_fmt(lat.get('max'))} ms"
+            )
+    if w == "S1":
+        notes.append(f"{_fmt(r.get('cpu_s_per_100k'))} CPU-s per 100K in-process")
+    if w == "W4":
+        notes.append(f"store of {_fmt(r.get('store_messages'))} messages, {r.get('pages')} pages")
+    if r.get("error"):
+        notes.append(f"error: {str(r['error']).splitlines()[-1][:120]}")
+    if r.get("timed_out"):
+        notes.append("timed out")
+    return "; ".join(notes)
+
+
+def write_summary(results: list[Result], path: Path, meta: Result) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Courier benchmark",
+        "",
+        f"- when: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+        f"- mode: {'quick' if meta.get('quick') else 'full'}, repeat {meta.get('repeat', 1)}"
+        " (median figures)",
+        f"- server: {meta.get('server')}",
+        "",
+        "| workload | msgs | msg/s | p50 ms | p99 ms | max ms | lost | dup | reord "
+        "| server CPU-s/100K | driver CPU-s | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        cells = [
+            str(r.get("workload")),
+            _fmt(r.get("msgs")),
+            _fmt(r.get("msg_per_s")),
+            _lat(r, "p50"),
+            _lat(r, "p99"),
+            _lat(r, "max"),
+            _fmt(r.get("lost")),
+            _fmt(r.get("duplicated")),
+            _fmt(r.get("reordered")),
+            _fmt(r.get("server_cpu_s_per_100k")),
+            _fmt(r.get("driver_cpu_s")),
+            _notes(r),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Raw figures", "", "```json"]
+    lines += [json.dumps(r) for r in results]
+    lines += ["```", ""]
+    path.write_text("\n".join(lines))

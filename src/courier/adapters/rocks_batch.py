@@ -15,7 +15,14 @@ from rocksdict import Rdict, WriteBatch
 
 from courier.adapters import rocks_keys as K
 from courier.domain.errors import CourierError, bad_request, unknown_user
-from courier.domain.events import MessageEvent, ReceiptEvent, encode_event, peek
+from courier.domain.events import (
+    MessageEvent,
+    ReceiptEvent,
+    encode_event,
+    message_tail,
+    peek,
+    with_seq,
+)
 from courier.domain.ops import (
     AckAdvance,
     AdvanceAck,
@@ -185,9 +192,10 @@ class Batch:
             raise unknown_user(recipient)
         rseq = self.next_seq(recipient)
         sseq = self.next_seq(sender)
-        incoming = encode_event(
+        # The two copies differ only in seq, which leads the JSON: encode once, splice twice.
+        tail = message_tail(
             MessageEvent(
-                seq=rseq,
+                seq=0,
                 id=op.id,
                 from_=sender,
                 to=recipient,
@@ -196,17 +204,8 @@ class Batch:
                 client_id=op.client_id,
             )
         )
-        outgoing = encode_event(
-            MessageEvent(
-                seq=sseq,
-                id=op.id,
-                from_=sender,
-                to=recipient,
-                body=op.body,
-                ts=op.ts,
-                client_id=op.client_id,
-            )
-        )
+        incoming = with_seq(rseq, tail)
+        outgoing = with_seq(sseq, tail)
         # Recipient first, then sender: within one WriteBatch both land atomically anyway.
         self.wb.put(
             K.timeline_key(recipient, rseq), K.timeline_value(K.KIND_IN, sseq, sender, incoming)

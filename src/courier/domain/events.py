@@ -56,6 +56,20 @@ def encode_event(event: Event) -> bytes:
     return msgspec.json.encode(event)
 
 
+_SEQ0 = b'{"seq":0'
+
+
+def message_tail(event: MessageEvent) -> bytes:
+    """The encoding of `event` after its seq (which is always the first field)."""
+    raw = msgspec.json.encode(event)
+    assert raw.startswith(_SEQ0) and event.seq == 0
+    return raw[len(_SEQ0) :]
+
+
+def with_seq(seq: int, tail: bytes) -> bytes:
+    return b'{"seq":%d' % seq + tail
+
+
 def peek(raw: bytes) -> EventPeek:
     return msgspec.json.decode(raw, type=EventPeek)
 

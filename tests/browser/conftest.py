@@ -3,6 +3,7 @@ by Playwright. Without Playwright or Chromium the tests are skipped, with the re
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,8 @@ def browser() -> Iterator[Browser]:
         _chromium_checked.append(chromium_problem())
     problem = _chromium_checked[0]
     if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser tests: {problem}")
         pytest.skip(problem)
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(

@@ -9,39 +9,23 @@ import time
 import aiohttp
 
 from bench.accounts import fresh_accounts
-from bench.client import close_all, connect, decode, encode, make_body, parse_body
+from bench.client import close_all, connect, decode, make_body, parse_body
 from bench.common import CpuMeter, Result, Settings, Target, progress, rnd
+from courier.client import Client, CourierError
 
 COUNT = 2000
-WINDOW = 10
 
 
-async def send_all(ws: aiohttp.ClientWebSocketResponse, to: str, count: int) -> int:
-    """Send `count` messages with a window of WINDOW; returns how many got an error frame."""
-    window = asyncio.Semaphore(WINDOW)
+async def send_all(url: str, token: str, to: str, count: int) -> int:
+    """The sender, through the Python SDK (this phase is not measured): each send is retried
+    with its client_id until stored; returns how many were refused."""
     errors = 0
-    answered = 0
-
-    async def answers() -> None:
-        nonlocal errors, answered
-        async for msg in ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                break
-            kind = decode(msg.data).get("type")
-            if kind in ("sent", "error"):
-                answered += 1
-                errors += kind == "error"
-                window.release()
-                if answered == count:
-                    return
-
-    reader = asyncio.create_task(answers())
-    for i in range(count):
-        await window.acquire()
-        frame = {"type": "send", "to": to, "body": make_body(i, time.perf_counter_ns())}
-        frame["client_id"] = f"c{i}"
-        await ws.send_str(encode(frame))
-    await asyncio.wait_for(reader, 120)
+    async with Client(url, token) as client:
+        for i in range(count):
+            try:
+                await client.send(to, make_body(i, time.perf_counter_ns()), client_id=f"c{i}")
+            except CourierError:
+                errors += 1
     return errors
 
 
@@ -50,12 +34,10 @@ async def run(settings: Settings, target: Target) -> Result:
     sender, receiver = names
     timeout = aiohttp.ClientTimeout(total=None, connect=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        sws, _ = await connect(session, target.url, tokens[sender])
         with progress() as bar:
             bar.add_task("W2 sending (receiver offline)", total=None)
             async with asyncio.timeout(300):
-                send_errors = await send_all(sws, receiver, COUNT)
-        await close_all([sws])
+                send_errors = await send_all(target.url, tokens[sender], receiver, COUNT)
         meter = CpuMeter(target)
         meter.start()
         got = reordered = 0

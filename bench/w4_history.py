@@ -19,7 +19,7 @@ from argon2 import PasswordHasher
 from rich.progress import Progress, TaskID
 
 from bench.accounts import fresh_accounts
-from bench.client import close_all, connect, login, run_prefix
+from bench.client import login, run_prefix
 from bench.common import (
     BODY_SIZE,
     PASSWORD,
@@ -156,10 +156,8 @@ async def build(data_dir: Path, total: int) -> Result:
 async def fill_conversation(url: str, session: aiohttp.ClientSession) -> Result:
     """Against a server we did not start: make the 10,000-message conversation over WS."""
     names, tokens = await fresh_accounts(url, "w4", 2)
-    ws, _ = await connect(session, url, tokens[names[1]])
     async with asyncio.timeout(600):
-        await send_all(ws, names[0], CONVERSATION)
-    await close_all([ws])
+        await send_all(url, tokens[names[1]], names[0], CONVERSATION)
     return {"messages": None, "reader": names[0], "peer": names[1]}
 
 

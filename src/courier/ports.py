@@ -71,6 +71,8 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True):
 EVENT = 1  # a timeline event (data = wire JSON)
 TYPING = 2  # an ephemeral frame (data = wire JSON)
 REVOKE = 3  # a token was revoked (data = token hash): close connections that used it
+RESYNC = 4  # the broker may have lost envelopes (it was cut off): every local connection
+# catches up from the store (user = "", handed to every subscriber of the node)
 
 Sink = Callable[[Envelope], None]
 

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from courier.domain.errors import too_many_connections
 from courier.metrics import Metrics
-from courier.ports import EVENT, REVOKE, Broker, Envelope
+from courier.ports import EVENT, RESYNC, REVOKE, Broker, Envelope
 
 
 class Subscriber(Protocol):
@@ -63,6 +63,10 @@ class Registry:
         return [s for subs in self._by_user.values() for s in subs]
 
     def dispatch(self, env: Envelope) -> None:
+        if env.kind == RESYNC:
+            for sub in self.subscribers():
+                sub.deliver(env)
+            return
         subs = self._by_user.get(env.user)
         if not subs:
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from courier.ports import EVENT, Envelope
+from courier.ports import EVENT, RESYNC, Envelope
 
 
 class LongPollWaiter:
@@ -18,7 +18,7 @@ class LongPollWaiter:
         self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def deliver(self, envelope: Envelope) -> None:
-        if envelope.kind == EVENT and not self.woken.done():
+        if envelope.kind in (EVENT, RESYNC) and not self.woken.done():
             self.woken.set_result(None)
 
     def revoke(self) -> None:

@@ -25,7 +25,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from courier.domain.errors import CourierError, unauthorized
 from courier.domain.ops import SendResult
 from courier.metrics import Metrics
-from courier.ports import EVENT, TYPING, Envelope
+from courier.ports import EVENT, RESYNC, TYPING, Envelope
 from courier.service.accounts import Accounts, Session
 from courier.service.delivery import EVENTS_LIMIT_MAX, Delivery
 from courier.service.ratelimit import TokenBucket
@@ -139,6 +139,9 @@ class Connection:
             return
         if env.kind == TYPING:
             self.queue(env.data)
+            return
+        if env.kind == RESYNC:
+            self._start_catch_up()
             return
         if env.kind != EVENT or env.seq <= self.last_seq:
             return

@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 DATA   ?= ./courier-data
 
-.PHONY: run test lint typecheck unit bench bench-quick clean
+.PHONY: run test lint typecheck unit cluster-e2e bench bench-quick clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Courier needs Python 3.11 or newer"'
@@ -34,7 +34,11 @@ typecheck: $(VENV)/.dev
 unit: $(VENV)/.dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test: lint typecheck unit
+# The end-to-end suite again, against the cluster adapters (PostgreSQL, NATS, Redis).
+cluster-e2e: $(VENV)/.dev
+	COURIER_TEST_BACKEND=cluster $(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+test: lint typecheck unit cluster-e2e
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pytest
 
 from courier.config import Settings, load_settings
 from courier.server import Server
+from tests.engines import BACKEND, Engines
 from tests.helpers import Api
 
 # Cheap password hashing keeps the suite fast; production defaults are checked in test_config.
@@ -30,9 +31,25 @@ def settings_overrides() -> dict[str, Any]:
     return {}
 
 
+@pytest.fixture(scope="session")
+def engines() -> Iterator[Engines | None]:
+    """The cluster engines, when the suite runs against the cluster adapters."""
+    if BACKEND != "cluster":
+        yield None
+        return
+    started = Engines()
+    try:
+        yield started.start()
+    finally:
+        started.stop()
+
+
 @pytest.fixture
-async def server(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIterator[Server]:
-    srv = Server(make_settings(tmp_path / "data", **settings_overrides))
+async def server(
+    tmp_path: Path, settings_overrides: dict[str, Any], engines: Engines | None
+) -> AsyncIterator[Server]:
+    backend = await engines.fresh() if engines is not None else {}
+    srv = Server(make_settings(tmp_path / "data", **backend, **settings_overrides))
     await srv.start()
     try:
         yield srv

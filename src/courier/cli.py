@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from courier import __version__
 from courier.config import load_settings
@@ -24,6 +26,27 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster_up(args: argparse.Namespace) -> int:
+    from courier.cluster.engines import EngineError
+    from courier.cluster.local import up
+
+    try:
+        info = up(Path(args.dir), args.nodes, postgres=args.postgres)
+    except EngineError as exc:
+        print(f"courier: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(info), flush=True)
+    return 0
+
+
+def _cluster_down(args: argparse.Namespace) -> int:
+    from courier.cluster.local import down
+
+    stopped = down(Path(args.dir))
+    print(json.dumps({"stopped": stopped}), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="courier", description="Courier messenger server.")
     parser.add_argument("--version", action="version", version=f"courier {__version__}")
@@ -39,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="where data lives (default ./courier-data)")
     serve.add_argument("--config", help="a TOML file of settings")
     serve.set_defaults(func=_serve)
+    cluster = commands.add_parser(
+        "cluster", help="a local cluster: NATS, PostgreSQL, Redis and N nodes on this machine"
+    )
+    actions = cluster.add_subparsers(dest="action", required=True)
+    up = actions.add_parser("up", help="start it; prints the node URLs as JSON")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--postgres", type=int, default=2, help="PostgreSQL servers (default 2)")
+    up.add_argument("--dir", required=True, help="where its data, logs and PIDs live")
+    up.set_defaults(func=_cluster_up)
+    down = actions.add_parser("down", help="stop exactly what `up` started in --dir")
+    down.add_argument("--dir", required=True)
+    down.set_defaults(func=_cluster_down)
     try:
         from courier.client.terminal import add_commands
     except ImportError:

@@ -28,6 +28,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ws_heartbeat: float = 30.0
     auth_timeout: float = 10.0
     longpoll_max_wait: float = 60.0
+    # Adapters: the embedded default, or the cluster engines
+    store: str = "rocks"  # "rocks" | "postgres"
+    postgres_servers: str = ""  # comma-separated DSNs, one per physical server
+    broker: str = "local"  # "local" | "nats"
+    nats_url: str = "nats://127.0.0.1:4222"
+    node_id: str = ""  # this node's name in a cluster (default: host:port)
     # Store
     store_batch_max: int = 1000
     store_cache_mb: int = 128
@@ -124,6 +130,12 @@ def _check(s: Settings) -> None:
         raise ValueError("setting port must be in 0..65535 (0 = any free port)")
     if s.cache not in ("memory", "redis"):
         raise ValueError("setting cache must be memory or redis")
+    if s.store not in ("rocks", "postgres"):
+        raise ValueError("setting store must be rocks or postgres")
+    if s.broker not in ("local", "nats"):
+        raise ValueError("setting broker must be local or nats")
+    if s.store == "postgres" and not s.postgres_servers.strip():
+        raise ValueError("setting postgres_servers is required when store = postgres")
     if s.retention_days < 0:
         raise ValueError("setting retention_days must be 0 (off) or positive")
     if not 0 < s.longpoll_max_wait <= 3600:

@@ -82,6 +82,10 @@ class Broker(Protocol):
 
     async def start(self, sink: Sink) -> None: ...
 
+    async def wait_ready(self) -> None:
+        """Return once the broker is connected (callers bound the wait)."""
+        ...
+
     async def close(self) -> None: ...
 
     @property

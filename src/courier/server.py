@@ -21,7 +21,7 @@ from courier.adapters.memory_cache import MemoryCache
 from courier.adapters.rocks_store import RocksStore
 from courier.config import Settings
 from courier.metrics import Metrics
-from courier.ports import Cache
+from courier.ports import Broker, Cache, Store
 from courier.service.accounts import Accounts
 from courier.service.delivery import Delivery
 from courier.service.registry import Registry
@@ -42,6 +42,30 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def build_store(settings: Settings, metrics: Metrics) -> Store:
+    """The Store adapter named by the settings (cluster adapters are imported only when used)."""
+    if settings.store == "postgres":
+        from courier.adapters.pg_store import PgStore
+
+        dsns = [d.strip() for d in settings.postgres_servers.split(",") if d.strip()]
+        return PgStore(dsns, metrics=metrics, batch_max=settings.store_batch_max)
+    return RocksStore(
+        str(Path(settings.data_dir) / "store"),
+        metrics=metrics,
+        batch_max=settings.store_batch_max,
+        cache_mb=settings.store_cache_mb,
+    )
+
+
+def build_broker(settings: Settings, metrics: Metrics) -> Broker:
+    if settings.broker == "nats":
+        from courier.adapters.nats_broker import NatsBroker
+
+        node = settings.node_id or f"{settings.host}:{settings.port}"
+        return NatsBroker(settings.nats_url, node_id=node, metrics=metrics)
+    return LocalBroker()
+
+
 def build_cache(settings: Settings) -> Cache:
     """The Cache adapter named by the settings (Redis is imported only when used)."""
     if settings.cache == "redis":
@@ -55,13 +79,8 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.store = RocksStore(
-            str(Path(settings.data_dir) / "store"),
-            metrics=self.metrics,
-            batch_max=settings.store_batch_max,
-            cache_mb=settings.store_cache_mb,
-        )
-        self.broker = LocalBroker()
+        self.store = build_store(settings, self.metrics)
+        self.broker = build_broker(settings, self.metrics)
         self.cache = build_cache(settings)
         self.registry = Registry(self.broker, self.metrics, settings.max_connections_per_user)
         hasher = PasswordHasher(
@@ -94,6 +113,11 @@ class Server:
         await self.store.open()
         await self.cache.start()
         await self.broker.start(self.registry.dispatch)
+        # A cluster broker connects in the background; give it a moment so that a node that
+        # can reach NATS starts healthy (it serves either way: events then wait in the store).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await self.broker.wait_ready()
         api = HttpApi(
             self.accounts,
             self.delivery,

@@ -16,6 +16,9 @@ class LocalBroker:
     async def start(self, sink: Sink) -> None:
         self._sink = sink
 
+    async def wait_ready(self) -> None:
+        """Always ready."""
+
     async def close(self) -> None:
         self._sink = _drop
 

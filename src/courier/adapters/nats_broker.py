@@ -178,6 +178,7 @@ class NatsBroker:
         self._subs: dict[str, Subscription] = {}
         self._dirty: set[str] = set()
         self._resync = asyncio.Event()
+        self._up = asyncio.Event()
         self._outbox: deque[tuple[str, bytes, bool]] = deque()
         self._max_outbox = max_outbox
         self._outbox_ready = asyncio.Event()
@@ -200,6 +201,9 @@ class NatsBroker:
             loop.create_task(self._subscription_loop(), name=f"nats-subs-{self.node_id}"),
             loop.create_task(self._publish_loop(), name=f"nats-pub-{self.node_id}"),
         ]
+
+    async def wait_ready(self) -> None:
+        await self._up.wait()
 
     async def close(self) -> None:
         self._closing = True
@@ -433,6 +437,10 @@ class NatsBroker:
         )
 
     def _set_up(self, up: bool) -> None:
+        if up:
+            self._up.set()
+        else:
+            self._up.clear()
         if self._metrics is not None:
             self._metrics.backend_up.labels("broker").set(1 if up else 0)
 

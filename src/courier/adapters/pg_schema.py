@@ -1,0 +1,164 @@
+"""Versioned schema migrations for every PostgreSQL server of the cluster store.
+
+Each server holds the rows of the logical shards mapped onto it. Every table carries the
+owner's logical `shard`, so moving a shard is `... WHERE shard = X` on the old server, never a
+scan that recomputes hashes. Migrations are an ordered list applied at open under an advisory
+lock, so several nodes starting at once apply each one exactly once; a version, once
+released, is never edited (add a new one instead).
+
+Usernames are `COLLATE "C"`: byte order, which is also Python's `str` order, so a cursor
+("users after X") means the same thing in SQL and in the merge across servers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
+
+# A plain connection or one lent by a pool: the store's code takes either.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+# Any constant works; it only has to be the same in every node.
+MIGRATION_LOCK = 0x636F7572696572  # "courier"
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE users (
+            username text COLLATE "C" PRIMARY KEY,
+            shard smallint NOT NULL,
+            password_hash text NOT NULL,
+            created bigint NOT NULL
+        );
+        -- Users and tokens are few and written rarely: keyed by name, plus a shard index.
+        CREATE INDEX users_shard ON users (shard);
+
+        -- Placed by shard_of(token_hash): a token is found without knowing its user.
+        CREATE TABLE tokens (
+            token_hash bytea PRIMARY KEY,
+            shard smallint NOT NULL,
+            username text NOT NULL,
+            device text NOT NULL,
+            created bigint NOT NULL
+        );
+        CREATE INDEX tokens_shard ON tokens (shard);
+
+        -- The other tables lead their keys with `shard`: the primary key that serves every
+        -- read of a user also serves "all rows of shard X" when a shard moves, at no cost
+        -- per write.
+
+        -- seq: the timeline head, advanced by UPDATE ... RETURNING once per user per batch.
+        -- acked: the ack watermark, the max over the user's devices.
+        CREATE TABLE heads (
+            shard smallint NOT NULL,
+            owner text COLLATE "C" NOT NULL,
+            seq bigint NOT NULL DEFAULT 0,
+            acked bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (shard, owner)
+        ) WITH (fillfactor = 80);
+
+        -- kind: 1 incoming, 2 outgoing, 3 receipt. counterpart: the seq of the other copy in
+        -- the peer's timeline (NULL while unknown: an incoming copy written on another server
+        -- than its outgoing copy). ordinal, in_cp, in_cid: running values of the conversation
+        -- at this row (incoming messages so far; sender-side seq, or client_id when that seq
+        -- is on another server, of the newest incoming message so far). event: the wire JSON.
+        CREATE TABLE timeline (
+            shard smallint NOT NULL,
+            owner text COLLATE "C" NOT NULL,
+            seq bigint NOT NULL,
+            kind smallint NOT NULL,
+            peer text COLLATE "C" NOT NULL,
+            counterpart bigint,
+            client_id text,
+            ts bigint NOT NULL,
+            ordinal bigint,
+            in_cp bigint,
+            in_cid text,
+            event bytea NOT NULL,
+            PRIMARY KEY (shard, owner, seq)
+        );
+        CREATE INDEX timeline_conversation ON timeline (shard, owner, peer, seq)
+            WHERE kind <> 3;
+
+        -- One row per conversation: last seq, incoming total, read marker and the ordinal at
+        -- it (unread = in_total - read_ordinal), newest incoming counterpart. No index on
+        -- last_seq: updates stay HOT (in-page, no index writes) and the list of a user's
+        -- conversations is sorted when read.
+        CREATE TABLE conversations (
+            shard smallint NOT NULL,
+            owner text COLLATE "C" NOT NULL,
+            peer text COLLATE "C" NOT NULL,
+            last_seq bigint NOT NULL,
+            in_total bigint NOT NULL,
+            read_seq bigint NOT NULL,
+            read_ordinal bigint NOT NULL,
+            in_cp bigint,
+            in_cid text,
+            PRIMARY KEY (shard, owner, peer)
+        ) WITH (fillfactor = 70);
+
+        -- (owner, sender, client_id): the sender's key on the sender's copy, the
+        -- recipient's key on the incoming copy; each side of a send is idempotent alone.
+        CREATE TABLE dedupe (
+            shard smallint NOT NULL,
+            owner text COLLATE "C" NOT NULL,
+            sender text COLLATE "C" NOT NULL,
+            client_id text NOT NULL,
+            seq bigint NOT NULL,
+            PRIMARY KEY (shard, owner, sender, client_id)
+        );
+
+        CREATE TABLE acks (
+            shard smallint NOT NULL,
+            owner text COLLATE "C" NOT NULL,
+            device text NOT NULL,
+            seq bigint NOT NULL,
+            PRIMARY KEY (shard, owner, device)
+        );
+
+        -- Receipt markers: max-registers per (sender, reader, status).
+        CREATE TABLE receipts (
+            shard smallint NOT NULL,
+            owner text COLLATE "C" NOT NULL,
+            peer text COLLATE "C" NOT NULL,
+            status text NOT NULL,
+            up_to bigint NOT NULL,
+            PRIMARY KEY (shard, owner, peer, status)
+        );
+
+        -- Authoritative on the first server (the directory) only. version grows by one each
+        -- time a shard moves, so a node can tell a stale map from a fresh one.
+        CREATE TABLE shard_map (
+            shard smallint PRIMARY KEY,
+            server smallint NOT NULL,
+            version bigint NOT NULL DEFAULT 1
+        );
+        """,
+    ),
+]
+
+
+async def migrate(conn: Conn) -> list[int]:
+    """Apply the missing migrations; return the versions applied now (empty when current)."""
+    applied_now: list[int] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, sql in MIGRATIONS:
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            applied_now.append(version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    return applied_now

@@ -1,0 +1,579 @@
+"""The cluster store: PostgreSQL through asyncpg, 1000 logical shards on N physical servers.
+
+Placement: a user's rows live on the server of `shard_of(user)` per the shard map kept in the
+first server (the directory); a token's row on the server of `shard_of(token_hash)`, so a
+bearer token is resolved without knowing its user (nothing needs a user's list of tokens).
+
+Writes: one writer task per server drains that server's queue and applies everything queued
+(up to `batch_max`) in one transaction: one commit, one WAL flush, whatever the batch size.
+A send whose two timelines sit on one server is one operation there. Across servers it is
+two: the recipient's copy first, then, once that is durable, the sender's copy, each
+idempotent on its own (owner, sender, client_id) key, so a client's retry after a crash
+between the two completes the pair exactly once. The sender's halves go out in the order
+their sends were submitted (a chain per sender), which keeps per-connection order and lets
+the first of two racing retries be the original.
+
+An incoming copy written on another server than its outgoing copy does not know the sender's
+seq yet; readers that need it (receipts) look it up by client_id on the sender's server. One
+difference from the embedded store follows from writing the recipient's half first: a
+client_id reused for a *different* recipient is still answered as a duplicate, but leaves a
+stray incoming copy with that second recipient (the embedded store writes nothing).
+
+Reads go straight to the owner's server through a connection pool; the pool reconnects by
+itself, and an unreachable server answers `store_unavailable` (503) meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import asyncpg
+
+from courier.adapters.pg_batch import (
+    Incoming,
+    Pair,
+    PgBatch,
+    RecipientSide,
+    Resolve,
+    SenderSide,
+    ServerOp,
+    SweepUsers,
+    sweep_users,
+)
+from courier.adapters.pg_schema import Conn, migrate
+from courier.adapters.pg_shardmap import ShardMap, load_shard_map
+from courier.domain.errors import store_unavailable
+from courier.domain.ops import (
+    AdvanceAck,
+    AppendMessage,
+    AppendReceipt,
+    Conversation,
+    CreateUser,
+    DeleteToken,
+    MarkRead,
+    PutToken,
+    Sweep,
+    TokenRecord,
+    UserRecord,
+    WriteOp,
+)
+from courier.domain.shards import shard_of
+from courier.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the server is not there right now", as opposed to a bad statement.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+_NO_SEQ = (1 << 63) - 1
+# The writer only looks rows up by key. Statistics of tables that grow by thousands of rows a
+# second are always stale, and a planner that believes a table small picks a hash join over a
+# full scan of it; on this connection, key lookups are the only plan.
+_WRITER_SETTINGS = {"enable_hashjoin": "off", "enable_mergejoin": "off", "enable_seqscan": "off"}
+
+
+@dataclass(eq=False)
+class _Item:
+    op: ServerOp | SweepUsers | None  # None stops the writer
+    fut: asyncio.Future[Any] | None
+
+
+@dataclass(eq=False)
+class _Link:
+    """A send waiting in its sender's chain until its recipient half is durable."""
+
+    op: AppendMessage
+    fut: asyncio.Future[Any]
+    server: int
+    pair: bool
+    ready: bool = False
+    incoming: Incoming | None = None
+    error: BaseException | None = None
+
+
+class _Writer:
+    """The single writer of one server for this node: queue in, one transaction per batch.
+
+    It keeps a connection of its own (no pool checkout and reset per batch) and opens a new
+    one after a failure; while the server is away a probe retries every second, so `healthy`
+    comes back without waiting for traffic.
+    """
+
+    def __init__(self, store: PgStore, index: int, dsn: str) -> None:
+        self.store = store
+        self.index = index
+        self.dsn = dsn
+        self.conn: asyncpg.Connection | None = None
+        self.items: deque[_Item] = deque()
+        self.wake = asyncio.Event()
+        self.failed = False
+        self.known_users: set[str] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.probe: asyncio.Task[None] | None = None
+
+    async def connection(self) -> asyncpg.Connection:
+        if self.conn is None or self.conn.is_closed():
+            self.conn = await asyncpg.connect(
+                self.dsn, timeout=5, command_timeout=60, server_settings=_WRITER_SETTINGS
+            )
+        return self.conn
+
+    def drop_connection(self) -> None:
+        if self.conn is not None:
+            self.conn.terminate()
+            self.conn = None
+
+    def mark_failed(self) -> None:
+        self.failed = True
+        self.drop_connection()
+        if self.probe is None or self.probe.done():
+            self.probe = asyncio.create_task(self.reconnect())
+
+    async def reconnect(self) -> None:
+        while self.failed:
+            await asyncio.sleep(1.0)
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=5)
+                await conn.close()
+            except Exception:
+                continue
+            self.failed = False
+
+    async def stop(self) -> None:
+        if self.probe is not None:
+            self.probe.cancel()
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.conn.close(), 10)
+            self.conn = None
+
+    def put(self, op: ServerOp | SweepUsers | None, fut: asyncio.Future[Any] | None) -> None:
+        self.items.append(_Item(op, fut))
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            while not self.items:
+                self.wake.clear()
+                await self.wake.wait()
+            if self.items[0].op is None:
+                return
+            if isinstance(self.items[0].op, SweepUsers):
+                batch = [self.items.popleft()]
+            else:
+                batch = []
+                while (
+                    self.items
+                    and len(batch) < self.store.batch_max
+                    and self.items[0].op is not None
+                    and not isinstance(self.items[0].op, SweepUsers)
+                ):
+                    batch.append(self.items.popleft())
+            await self.commit(batch)
+
+    async def commit(self, items: list[_Item], *, retried: bool = False) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self.apply([item.op for item in items])
+        except _UNREACHABLE:
+            log.warning(
+                "store server %d unreachable; failing %d operations", self.index, len(items)
+            )
+            self.mark_failed()
+            results = [store_unavailable()] * len(items)
+        except Exception as exc:
+            if len(items) > 1:
+                # Isolate the operation that failed: each one again in a batch of its own.
+                log.warning(
+                    "store batch failed (%r); retrying its %d operations one by one",
+                    exc,
+                    len(items),
+                )
+                for item in items:
+                    await self.commit([item])
+                return
+            if isinstance(exc, asyncpg.UniqueViolationError) and not retried:
+                # Another node took the same key meanwhile: read it this time.
+                await self.commit(items, retried=True)
+                return
+            log.exception("store operation failed: %r", items[0].op)
+            results = [store_unavailable()]
+        else:
+            self.failed = False
+        metrics = self.store.metrics
+        if metrics is not None:
+            metrics.store_batch_size.observe(len(items))
+            metrics.store_commit_seconds.observe(time.perf_counter() - started)
+        for item, result in zip(items, results, strict=True):
+            if item.fut is None or item.fut.done():
+                continue
+            if isinstance(result, Resolve):
+                self.store.resolve_later(item.fut, result)
+            elif isinstance(result, BaseException):
+                item.fut.set_exception(result)
+            else:
+                item.fut.set_result(result)
+
+    async def apply(self, ops: list[ServerOp | SweepUsers | None]) -> list[Any]:
+        conn = await self.connection()
+        async with conn.transaction():
+            if len(ops) == 1 and isinstance(ops[0], SweepUsers):
+                return [await sweep_users(conn, ops[0])]
+            batch = PgBatch(conn, self.known_users)
+            results = await batch.run([op for op in ops if not isinstance(op, SweepUsers | None)])
+        if len(self.known_users) > 200_000:
+            self.known_users.clear()
+        self.known_users.update(batch.new_users)
+        return results
+
+
+class PgStore:
+    """The `Store` port on PostgreSQL servers; see the module docstring for the layout."""
+
+    def __init__(
+        self,
+        dsns: list[str],
+        *,
+        metrics: Metrics | None = None,
+        batch_max: int = 1000,
+        pool_size: int = 8,
+    ) -> None:
+        if not dsns:
+            raise ValueError("PgStore needs at least one server")
+        self._dsns = list(dsns)
+        self.metrics = metrics
+        self.batch_max = batch_max
+        self._pool_size = pool_size
+        self._pools: list[asyncpg.Pool] = []
+        self._writers: list[_Writer] = []
+        self._map: ShardMap | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._chains: dict[str, deque[_Link]] = {}
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            for dsn in self._dsns:
+                pool = await asyncpg.create_pool(
+                    dsn, min_size=1, max_size=self._pool_size, timeout=5, command_timeout=60
+                )
+                self._pools.append(pool)
+            for pool in self._pools:
+                async with pool.acquire() as conn:
+                    await migrate(conn)
+            async with self._pools[0].acquire() as directory:
+                self._map = await load_shard_map(directory, len(self._dsns))
+        except BaseException as exc:
+            await self._close_pools()
+            if isinstance(exc, _UNREACHABLE):
+                raise store_unavailable() from exc
+            raise
+        self._loop = asyncio.get_running_loop()
+        for index, dsn in enumerate(self._dsns):
+            writer = _Writer(self, index, dsn)
+            writer.task = asyncio.create_task(writer.run(), name=f"courier-pg-writer-{index}")
+            self._writers.append(writer)
+
+    async def close(self) -> None:
+        """Finish what was submitted (both halves of every send), then stop."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        for writer in self._writers:
+            writer.put(None, None)
+        for writer in self._writers:
+            if writer.task is not None:
+                await writer.task
+            await writer.stop()
+        self._writers = []
+        self._loop = None
+        await self._close_pools()
+
+    async def _close_pools(self) -> None:
+        pools, self._pools = self._pools, []
+        for pool in pools:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 10)
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self._writers) and not any(w.failed for w in self._writers)
+
+    @property
+    def shard_map(self) -> ShardMap:
+        if self._map is None:
+            raise store_unavailable()
+        return self._map
+
+    def server_of(self, key: str | bytes) -> int:
+        """The physical server holding `key` (a username or a token hash)."""
+        return self.shard_map.server_of(key)
+
+    # ---- writes -------------------------------------------------------------------------
+    def submit(self, op: WriteOp) -> asyncio.Future[Any]:
+        loop = self._loop
+        if loop is None or not self._writers:
+            raise store_unavailable()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+        if isinstance(op, AppendMessage):
+            self._send(op, fut)
+        elif isinstance(op, Sweep):
+            self._spawn(self._sweep(op, fut))
+        elif isinstance(op, CreateUser):
+            self._writers[self.server_of(op.username)].put(op, fut)
+        elif isinstance(op, PutToken | DeleteToken):
+            self._writers[self.server_of(op.token_hash)].put(op, fut)
+        elif isinstance(op, AdvanceAck | MarkRead):
+            self._writers[self.server_of(op.user)].put(op, fut)
+        elif isinstance(op, AppendReceipt):
+            self._writers[self.server_of(op.owner)].put(op, fut)
+        return fut
+
+    def _send(self, op: AppendMessage, fut: asyncio.Future[Any]) -> None:
+        recipient, sender = self.server_of(op.recipient), self.server_of(op.sender)
+        chain = self._chains.get(op.sender)
+        if recipient == sender and chain is None:
+            self._writers[sender].put(Pair(op), fut)
+            return
+        if chain is None:
+            chain = self._chains[op.sender] = deque()
+        link = _Link(op, fut, sender, pair=recipient == sender, ready=recipient == sender)
+        chain.append(link)
+        if not link.pair:
+            half = self.submit_recipient_side(op)
+            half.add_done_callback(partial(self._recipient_done, link))
+        self._pump(op.sender)
+
+    def submit_recipient_side(self, op: AppendMessage) -> asyncio.Future[Incoming]:
+        """The first half of a send across servers alone; a crash right after it is what
+        tests simulate with this."""
+        assert self._loop is not None
+        half: asyncio.Future[Incoming] = self._loop.create_future()
+        self._writers[self.server_of(op.recipient)].put(RecipientSide(op), half)
+        return half
+
+    def _recipient_done(self, link: _Link, half: asyncio.Future[Incoming]) -> None:
+        if half.cancelled():
+            link.error = store_unavailable()
+        elif half.exception() is not None:
+            link.error = half.exception()
+        else:
+            link.incoming = half.result()
+        link.ready = True
+        self._pump(link.op.sender)
+
+    def _pump(self, sender: str) -> None:
+        """Hand the sender's halves to its server in submission order."""
+        chain = self._chains.get(sender)
+        while chain and chain[0].ready:
+            link = chain.popleft()
+            if link.error is not None:
+                if not link.fut.done():
+                    link.fut.set_exception(link.error)
+            elif link.pair:
+                self._writers[link.server].put(Pair(link.op), link.fut)
+            else:
+                assert link.incoming is not None
+                self._writers[link.server].put(SenderSide(link.op, link.incoming), link.fut)
+        if chain is not None and not chain:
+            del self._chains[sender]
+
+    async def _sweep(self, op: Sweep, fut: asyncio.Future[Any]) -> None:
+        """A page of users in name order across all servers, swept on their own servers."""
+        try:
+            pages = await asyncio.gather(
+                *(
+                    self._fetch(
+                        i,
+                        "SELECT username FROM users WHERE username > $1 ORDER BY username LIMIT $2",
+                        op.start_user,
+                        op.max_users,
+                    )
+                    for i in range(len(self._pools))
+                )
+            )
+            users = sorted(r[0] for rows in pages for r in rows)[: op.max_users]
+            by_server: dict[int, list[str]] = defaultdict(list)
+            for user in users:
+                by_server[self.server_of(user)].append(user)
+            assert self._loop is not None
+            parts: list[asyncio.Future[Any]] = []
+            for server, names in sorted(by_server.items()):
+                part: asyncio.Future[Any] = self._loop.create_future()
+                self._writers[server].put(SweepUsers(tuple(names), op.cutoff_ts), part)
+                parts.append(part)
+            dropped = sum(await asyncio.gather(*parts))
+        except Exception as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+            return
+        if not fut.done():
+            fut.set_result((dropped, users[-1] if users else ""))
+
+    def resolve_later(self, fut: asyncio.Future[Any], what: Resolve) -> None:
+        """Answer `fut` with a counterpart seq that lives on another server."""
+
+        async def lookup() -> None:
+            try:
+                found = await self._counterparts(what.peer, [what.client_id])
+            except Exception as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+                return
+            if not fut.done():
+                fut.set_result(found.get(what.client_id, 0))
+
+        self._spawn(lookup())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- reads --------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _conn(self, server: int) -> AsyncIterator[Conn]:
+        if not self._pools:
+            raise store_unavailable()
+        try:
+            async with self._pools[server].acquire() as conn:
+                yield conn
+        except _UNREACHABLE as exc:
+            raise store_unavailable() from exc
+
+    async def _fetch(self, server: int, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._conn(server) as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+            return rows
+
+    async def _fetchrow(self, server: int, sql: str, *args: Any) -> asyncpg.Record | None:
+        async with self._conn(server) as conn:
+            row: asyncpg.Record | None = await conn.fetchrow(sql, *args)
+            return row
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        row = await self._fetchrow(
+            self.server_of(username),
+            "SELECT password_hash, created FROM users WHERE username = $1",
+            username,
+        )
+        return None if row is None else UserRecord(username, row[0], row[1])
+
+    async def get_token(self, token_hash: bytes) -> TokenRecord | None:
+        row = await self._fetchrow(
+            self.server_of(token_hash),
+            "SELECT username, device, created FROM tokens WHERE token_hash = $1",
+            token_hash,
+        )
+        return None if row is None else TokenRecord(row[0], row[1], row[2])
+
+    async def head(self, user: str) -> int:
+        row = await self._fetchrow(
+            self.server_of(user),
+            "SELECT seq FROM heads WHERE shard = $1 AND owner = $2",
+            shard_of(user),
+            user,
+        )
+        return 0 if row is None else int(row[0])
+
+    async def ack_watermark(self, user: str) -> int:
+        row = await self._fetchrow(
+            self.server_of(user),
+            "SELECT acked FROM heads WHERE shard = $1 AND owner = $2",
+            shard_of(user),
+            user,
+        )
+        return 0 if row is None else int(row[0])
+
+    async def events_after(self, user: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = await self._fetch(
+            self.server_of(user),
+            "SELECT seq, event FROM timeline WHERE shard = $1 AND owner = $2 AND seq > $3"
+            " ORDER BY seq LIMIT $4",
+            shard_of(user),
+            user,
+            after,
+            limit,
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def incoming_summary(self, user: str, after: int, up_to: int) -> dict[str, int]:
+        rows = await self._fetch(
+            self.server_of(user),
+            "SELECT peer, max(counterpart), array_agg(client_id) FILTER (WHERE counterpart IS NULL)"
+            " FROM timeline WHERE shard = $1 AND owner = $2 AND seq > $3 AND seq <= $4"
+            " AND kind = 1 GROUP BY peer",
+            shard_of(user),
+            user,
+            after,
+            up_to,
+        )
+        out: dict[str, int] = {r[0]: r[1] for r in rows if r[1] is not None}
+        # Incoming copies written on another server than their outgoing copies: ask the
+        # senders' servers (a sender half not written yet simply counts for nothing).
+        unknown = [(r[0], r[2]) for r in rows if r[2] is not None]
+        found = await asyncio.gather(*(self._counterparts(peer, cids) for peer, cids in unknown))
+        for (peer, _), seqs in zip(unknown, found, strict=True):
+            seq = max(seqs.values(), default=0)
+            if seq > out.get(peer, 0):
+                out[peer] = seq
+        return out
+
+    async def _counterparts(self, sender: str, client_ids: Iterable[str]) -> dict[str, int]:
+        """Seqs of `sender`'s outgoing copies by client_id, read on the sender's server."""
+        rows = await self._fetch(
+            self.server_of(sender),
+            "SELECT client_id, seq FROM dedupe"
+            " WHERE shard = $1 AND owner = $2 AND sender = $2 AND client_id = ANY($3::text[])",
+            shard_of(sender),
+            sender,
+            list(client_ids),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def conversations(self, user: str, limit: int) -> list[Conversation]:
+        rows = await self._fetch(
+            self.server_of(user),
+            "SELECT c.peer, c.last_seq, t.event, greatest(c.in_total - c.read_ordinal, 0)"
+            " FROM (SELECT * FROM conversations WHERE shard = $1 AND owner = $2"
+            "  ORDER BY last_seq DESC LIMIT $3) AS c"
+            " JOIN timeline t ON t.shard = c.shard AND t.owner = c.owner AND t.seq = c.last_seq"
+            " ORDER BY c.last_seq DESC",
+            shard_of(user),
+            user,
+            limit,
+        )
+        return [Conversation(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def history(
+        self, user: str, peer: str, before: int | None, limit: int
+    ) -> list[tuple[int, bytes]]:
+        rows = await self._fetch(
+            self.server_of(user),
+            "SELECT seq, event FROM timeline"
+            " WHERE shard = $1 AND owner = $2 AND peer = $3 AND kind <> 3 AND seq < $4"
+            " ORDER BY seq DESC LIMIT $5",
+            shard_of(user),
+            user,
+            peer,
+            _NO_SEQ if before is None else before,
+            limit,
+        )
+        return [(r[0], r[1]) for r in rows]

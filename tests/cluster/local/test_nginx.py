@@ -1,0 +1,145 @@
+"""Real nginx in front of three nodes, with deploy/nginx.conf: users are hashed onto nodes for
+WebSocket, long-poll and REST, and everything works through it.
+
+nginx comes from Debian's package, installed here when missing (as root). Where it cannot be
+installed the test is skipped with the reason, except under CI, where that is a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from courier.cluster.engines import free_port
+from tests.cluster.local.conftest import Cluster
+from tests.helpers import Api
+
+CONF = Path(__file__).resolve().parents[3] / "deploy" / "nginx.conf"
+
+
+def nginx_binary() -> str | None:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return found
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "nginx"]):
+        if subprocess.run(cmd, env=env, capture_output=True, timeout=900, check=False).returncode:
+            return None
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def render(conf: str, nodes: list[str], port: int) -> str:
+    """deploy/nginx.conf with this cluster's nodes and a free port; logs to the test folder."""
+    servers = "".join(
+        f"        server {n.removeprefix('http://')} max_fails=1 fail_timeout=5s;\n" for n in nodes
+    )
+    conf = re.sub(r"(?m)^\s*server 127\.0\.0\.1:808\d.*\n", "", conf)
+    conf = conf.replace("        keepalive 64;", servers + "        keepalive 64;")
+    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    return conf.replace("http {", "http {\n    access_log off;", 1)
+
+
+@pytest.fixture
+def proxy(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
+    binary = nginx_binary()
+    if binary is None:
+        reason = "nginx is not installed and could not be installed (apt-get install nginx)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the nginx test: {reason}")
+        pytest.skip(reason)
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render(CONF.read_text(), cluster.nodes, port))
+    cmd = [
+        binary,
+        "-p",
+        str(tmp_path),
+        "-c",
+        str(conf),
+        "-e",
+        str(tmp_path / "error.log"),
+        "-g",
+        f"daemon off; pid {tmp_path / 'nginx.pid'};",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "error.log").read_text(errors="replace")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGQUIT)  # graceful: the master stops its workers
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def test_chat_through_nginx(proxy: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        api = Api(proxy, http)
+        alice, bob = await api.user(), await api.user()
+        bob_ws = await api.ws(bob, f"u={bob.name}")
+        assert (await bob_ws.recv())["type"] == "hello"
+        r = await api.call(
+            "POST",
+            f"/v1/messages?u={alice.name}",
+            user=alice,
+            json_body={"to": bob.name, "body": "via nginx", "client_id": "n1"},
+        )
+        assert r.status == 201
+        event = await bob_ws.recv()
+        assert (event["body"], event["seq"]) == ("via nginx", 1)
+
+        poll = asyncio.create_task(
+            api.call("GET", f"/v1/events?after=1&wait=20&u={bob.name}", user=bob)
+        )
+        await asyncio.sleep(0.3)
+        await api.call(
+            "POST",
+            f"/v1/messages?u={alice.name}",
+            user=alice,
+            json_body={"to": bob.name, "body": "long-poll", "client_id": "n2"},
+        )
+        answer = await poll
+        assert [e["body"] for e in answer.body["events"]] == ["long-poll"]
+        assert (await bob_ws.recv())["body"] == "long-poll"
+        await bob_ws.close()
+
+
+async def test_one_user_lands_on_one_node(proxy: str, cluster: Cluster) -> None:
+    """The consistent hash sends every request of a user to the same node: its WebSocket
+    shows up in that node's connection gauge only."""
+    async with aiohttp.ClientSession() as http:
+        api = Api(proxy, http)
+        carol = await api.user()
+        sockets = [await api.ws(carol, f"u={carol.name}") for _ in range(3)]
+        for ws in sockets:
+            await ws.recv()
+        counts = []
+        for node in cluster.nodes:
+            async with http.get(node + "/metrics") as resp:
+                text = await resp.text()
+            found = re.search(r"^courier_connections (\S+)$", text, re.M)
+            counts.append(float(found.group(1)) if found else 0.0)
+        assert sorted(counts)[-1] >= 3 and sum(c >= 3 for c in counts) == 1
+        for ws in sockets:
+            await ws.close()

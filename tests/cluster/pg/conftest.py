@@ -1,0 +1,49 @@
+"""Fixtures for the PostgreSQL store against two real servers (see servers.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from courier.domain.ops import CreateUser
+from tests.cluster.pg.servers import PgCluster, pg_cluster
+
+if TYPE_CHECKING:
+    from courier.adapters.pg_store import PgStore
+
+
+@pytest.fixture
+def cluster() -> PgCluster:
+    return pg_cluster()
+
+
+@pytest.fixture
+async def dsns(cluster: PgCluster, request: pytest.FixtureRequest) -> list[str]:
+    """Fresh databases for this test, one per server."""
+    return await cluster.databases(request.node.nodeid)
+
+
+@pytest.fixture
+async def store(dsns: list[str]) -> AsyncIterator[PgStore]:
+    from courier.adapters.pg_store import PgStore
+
+    s = PgStore(dsns)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def users_on(store: PgStore, server: int, count: int, prefix: str = "user") -> list[str]:
+    """The first `count` names `prefix`NNN whose shards sit on `server`."""
+    names = (f"{prefix}{i:03d}" for i in range(10_000))
+    found = [n for n in names if store.server_of(n) == server]
+    return found[:count]
+
+
+async def create_users(store: PgStore, *names: str) -> None:
+    for name in names:
+        assert await store.submit(CreateUser(name, "hash", 1))

@@ -1,4 +1,5 @@
-"""Run `courier serve` as a real subprocess (for crash and command-line tests)."""
+"""Run `courier serve` as a real subprocess, on a fixed port and data dir so that it can be
+killed and started again (crash tests, the SDK's and the web app's recovery tests)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 
 def free_port() -> int:
@@ -20,60 +22,88 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, port: int | None = None, **env: str) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, log_path: Path | None = None, **env: str
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.log_path = log_path
         self.env = {
             **os.environ,
-            "COURIER_ARGON2_TIME_COST": "1",
+            "COURIER_ARGON2_TIME_COST": "1",  # cheap hashing keeps the tests fast
             "COURIER_ARGON2_MEMORY_KIB": "8192",
             "COURIER_LOG_LEVEL": "warning",
             **env,
         }
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        """Start and wait until /healthz answers 200."""
         cmd = [
             sys.executable,
             "-m",
             "courier",
             "serve",
+            "--host",
+            "127.0.0.1",
             "--port",
             str(self.port),
             "--data-dir",
             str(self.data_dir),
         ]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL)
+        out: IO[bytes] | int = subprocess.DEVNULL
+        if self.log_path is not None:
+            out = self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"courier serve exited with {self.proc.returncode}")
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"courier serve exited with {self.process.returncode}: {self.log()}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
                     if r.status == 200:
                         return self
             except OSError:
                 time.sleep(0.05)
-        raise TimeoutError("courier serve did not become healthy")
+        self.stop()
+        raise TimeoutError(f"courier serve did not become healthy: {self.log()}")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, exactly like a power cut for the process."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+        self._close_log()
 
     def stop(self) -> int | None:
-        if self.proc is None:
+        if self.process is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.process.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+                self.process.kill()
+                self.process.wait(5)
+        self._close_log()
+        return self.process.returncode
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log(self) -> str:
+        if self.log_path is None:
+            return ""
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""

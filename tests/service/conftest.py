@@ -1,4 +1,7 @@
-"""The delivery service wired to the embedded store and broker, with no sockets at all."""
+"""The delivery service wired to a store and the in-process broker, with no sockets at all.
+
+Every test runs against each store adapter: the embedded RocksDB store and the PostgreSQL
+cluster store (two real servers; skipped where they cannot run)."""
 
 from __future__ import annotations
 
@@ -12,10 +15,13 @@ from argon2 import PasswordHasher
 from courier.adapters.local_broker import LocalBroker
 from courier.adapters.rocks_store import RocksStore
 from courier.metrics import Metrics
-from courier.ports import Envelope
+from courier.ports import Envelope, Store
 from courier.service.accounts import Accounts, Session
 from courier.service.delivery import Delivery
 from courier.service.registry import Registry
+from tests.cluster.pg.servers import pg_cluster
+
+STORE_KINDS = ["rocks", "postgres"]
 
 
 @dataclass(eq=False)
@@ -37,7 +43,7 @@ class Device:
 
 @dataclass
 class Stack:
-    store: RocksStore
+    store: Store
     broker: LocalBroker
     registry: Registry
     accounts: Accounts
@@ -54,10 +60,22 @@ class Stack:
         return dev
 
 
-async def build_stack(path: Path, **limits: float) -> Stack:
-    metrics = Metrics()
-    store = RocksStore(str(path), metrics=metrics)
+async def open_store(path: Path, kind: str, metrics: Metrics) -> Store:
+    """A store of `kind` keyed by `path`: opening it again on the same path sees the same data."""
+    store: Store
+    if kind == "postgres":
+        from courier.adapters.pg_store import PgStore  # needs asyncpg: only when asked for
+
+        store = PgStore(await pg_cluster().databases(str(path)), metrics=metrics)
+    else:
+        store = RocksStore(str(path), metrics=metrics)
     await store.open()
+    return store
+
+
+async def build_stack(path: Path, kind: str = "rocks", **limits: float) -> Stack:
+    metrics = Metrics()
+    store = await open_store(path, kind, metrics)
     broker = LocalBroker()
     registry = Registry(broker, metrics, int(limits.get("max_connections", 32)))
     await broker.start(registry.dispatch)
@@ -75,9 +93,17 @@ async def build_stack(path: Path, **limits: float) -> Stack:
     return Stack(store, broker, registry, accounts, delivery, metrics)
 
 
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    if kind == "postgres":
+        pg_cluster()  # skips here when PostgreSQL cannot run
+    return kind
+
+
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    s = await build_stack(tmp_path / "store")
+async def stack(tmp_path: Path, store_kind: str) -> AsyncIterator[Stack]:
+    s = await build_stack(tmp_path / "store", store_kind)
     try:
         yield s
     finally:

@@ -79,8 +79,8 @@ async def test_unknown_recipient_and_self_send_are_refused(stack: Stack) -> None
     assert await stack.store.head("alice") == 0
 
 
-async def test_body_and_client_id_bounds_count_code_points(tmp_path: Path) -> None:
-    s = await build_stack(tmp_path / "s", body_max_chars=5)
+async def test_body_and_client_id_bounds_count_code_points(tmp_path: Path, store_kind: str) -> None:
+    s = await build_stack(tmp_path / "s", store_kind, body_max_chars=5)
     try:
         alice, _ = await s.user("alice"), await s.user("bob")
         assert (await s.delivery.send(alice, "bob", "ééééé", "c1")).seq == 1
@@ -95,8 +95,8 @@ async def test_body_and_client_id_bounds_count_code_points(tmp_path: Path) -> No
         await s.store.close()
 
 
-async def test_send_rate_limit_is_a_token_bucket_per_user(tmp_path: Path) -> None:
-    s = await build_stack(tmp_path / "s", send_rate=0.001, send_burst=3)
+async def test_send_rate_limit_is_a_token_bucket_per_user(tmp_path: Path, store_kind: str) -> None:
+    s = await build_stack(tmp_path / "s", store_kind, send_rate=0.001, send_burst=3)
     try:
         alice, _ = await s.user("alice"), await s.user("bob")
         for i in range(3):
@@ -216,8 +216,8 @@ async def test_logout_revokes_token_and_live_connections(stack: Stack) -> None:
     assert info.value.status == 401
 
 
-async def test_connection_cap_per_user(tmp_path: Path) -> None:
-    s = await build_stack(tmp_path / "s", max_connections=2)
+async def test_connection_cap_per_user(tmp_path: Path, store_kind: str) -> None:
+    s = await build_stack(tmp_path / "s", store_kind, max_connections=2)
     try:
         alice = await s.user("alice")
         s.device(alice, "1")
@@ -229,14 +229,14 @@ async def test_connection_cap_per_user(tmp_path: Path) -> None:
         await s.store.close()
 
 
-async def test_sent_survives_a_restart(tmp_path: Path) -> None:
-    s = await build_stack(tmp_path / "s")
+async def test_sent_survives_a_restart(tmp_path: Path, store_kind: str) -> None:
+    s = await build_stack(tmp_path / "s", store_kind)
     alice, _ = await s.user("alice"), await s.user("bob")
     results = await asyncio.gather(
         *(s.delivery.send(alice, "bob", "x", f"c{i}") for i in range(50))
     )
     await s.store.close()
-    s = await build_stack(tmp_path / "s")
+    s = await build_stack(tmp_path / "s", store_kind)
     try:
         assert [seq for seq, _ in await s.store.events_after("alice", 0, 100)] == [
             r.seq for r in results

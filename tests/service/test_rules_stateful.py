@@ -1,6 +1,7 @@
 """The delivery rules under random sends, retries, acks, reads, disconnects and restarts.
 
-Invariants checked after every step, against the real embedded store:
+Invariants checked after every step, against each real store (embedded RocksDB, and the
+PostgreSQL cluster store on two servers, where the three users' timelines are split):
 - every user's seq is gap-free from 1;
 - a client_id is stored exactly once (in the sender's and the recipient's timelines);
 - per-sender order holds in the recipient's timeline;
@@ -20,10 +21,17 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from courier.domain.ops import SendResult
 from courier.service.accounts import Session
+from tests.cluster.pg.servers import pg_cluster
 from tests.service.conftest import Device, Stack, build_stack
 
 USERS = ["ann", "ben", "cat"]
@@ -31,11 +39,13 @@ names = st.sampled_from(USERS)
 
 
 class DeliveryRules(RuleBasedStateMachine):
+    kind = "rocks"
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.dir = tempfile.mkdtemp(prefix="courier-rules-")
-        self.stack: Stack = self.run(build_stack_at(self.dir))
+        self.stack: Stack = self.run(build_stack_at(self.dir, self.kind))
         self.sessions: dict[str, Session] = {}
         for name in USERS:
             self.sessions[name] = self.run(self.stack.user(name))
@@ -130,7 +140,7 @@ class DeliveryRules(RuleBasedStateMachine):
             self.stack.registry.remove(dev)
         self.devices.clear()
         self.run(self.stack.store.close())
-        self.stack = self.run(build_stack_at(self.dir))
+        self.stack = self.run(build_stack_at(self.dir, self.kind))
         for name in USERS:
             # Tokens are durable: the same sessions are still valid.
             record = self.run(self.stack.store.get_token(self.sessions[name].token_hash))
@@ -180,10 +190,10 @@ class DeliveryRules(RuleBasedStateMachine):
                 assert ups == sorted(set(ups)), "cumulative: strictly increasing, no repeats"
 
 
-async def build_stack_at(path: str) -> Stack:
+async def build_stack_at(path: str, kind: str) -> Stack:
     from pathlib import Path
 
-    return await build_stack(Path(path))
+    return await build_stack(Path(path), kind)
 
 
 DeliveryRules.TestCase.settings = settings(
@@ -193,3 +203,21 @@ DeliveryRules.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestDeliveryRules = DeliveryRules.TestCase
+
+
+class PostgresDeliveryRules(DeliveryRules):
+    kind = "postgres"
+
+
+def test_delivery_rules_postgres() -> None:
+    """Fewer examples: every one creates databases and restarts a store on real servers."""
+    pg_cluster()  # skips here when PostgreSQL cannot run
+    run_state_machine_as_test(
+        PostgresDeliveryRules,
+        settings=settings(
+            max_examples=8,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

@@ -48,6 +48,15 @@ from courier.adapters.pg_batch import (
     SweepUsers,
     sweep_users,
 )
+from courier.adapters.pg_movefence import (
+    Bounced,
+    MapFollower,
+    fence_ops,
+    fence_sweep,
+    frozen_shards,
+    merge_fenced,
+    op_shards,
+)
 from courier.adapters.pg_schema import Conn, migrate
 from courier.adapters.pg_shardmap import ShardMap, load_shard_map
 from courier.domain.errors import store_unavailable
@@ -79,6 +88,8 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
 )
+# Errors of a batch that raced another node's batch: the same batch again sees its result.
+_RACES = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
 _NO_SEQ = (1 << 63) - 1
 # The writer only looks rows up by key. Statistics of tables that grow by thousands of rows a
 # second are always stale, and a planner that believes a table small picks a hash join over a
@@ -183,7 +194,13 @@ class _Writer:
                     and not isinstance(self.items[0].op, SweepUsers)
                 ):
                     batch.append(self.items.popleft())
-            await self.commit(batch)
+            try:
+                await self.commit(batch)
+            except Exception:  # never let the writer die: its queue would hang forever
+                log.exception("store writer %d: unexpected failure", self.index)
+                for item in batch:
+                    if item.fut is not None and not item.fut.done():
+                        item.fut.set_exception(store_unavailable())
 
     async def commit(self, items: list[_Item], *, retried: bool = False) -> None:
         started = time.perf_counter()
@@ -196,6 +213,7 @@ class _Writer:
             self.mark_failed()
             results = [store_unavailable()] * len(items)
         except Exception as exc:
+            self.failed = False  # the server answered, with an error
             if len(items) > 1:
                 # Isolate the operation that failed: each one again in a batch of its own.
                 log.warning(
@@ -204,10 +222,13 @@ class _Writer:
                     len(items),
                 )
                 for item in items:
-                    await self.commit([item])
+                    if self.failed and item.fut is not None and not item.fut.done():
+                        item.fut.set_exception(store_unavailable())  # the server went away
+                    elif not self.failed:
+                        await self.commit([item])
                 return
-            if isinstance(exc, asyncpg.UniqueViolationError) and not retried:
-                # Another node took the same key meanwhile: read it this time.
+            if isinstance(exc, _RACES) and not retried:
+                # Another node took the same key or the same locks meanwhile: once more.
                 await self.commit(items, retried=True)
                 return
             log.exception("store operation failed: %r", items[0].op)
@@ -223,6 +244,9 @@ class _Writer:
                 continue
             if isinstance(result, Resolve):
                 self.store.resolve_later(item.fut, result)
+            elif isinstance(result, Bounced):
+                assert isinstance(item.op, ServerOp)
+                self.store.bounce(self.index, result.shard, item.op, item.fut)
             elif isinstance(result, BaseException):
                 item.fut.set_exception(result)
             else:
@@ -231,10 +255,16 @@ class _Writer:
     async def apply(self, ops: list[ServerOp | SweepUsers | None]) -> list[Any]:
         conn = await self.connection()
         async with conn.transaction():
+            frozen = await frozen_shards(conn)
             if len(ops) == 1 and isinstance(ops[0], SweepUsers):
-                return [await sweep_users(conn, ops[0])]
+                return [await sweep_users(conn, fence_sweep(ops[0], frozen))]
             batch = PgBatch(conn, self.known_users)
-            results = await batch.run([op for op in ops if not isinstance(op, SweepUsers | None)])
+            todo = [op for op in ops if not isinstance(op, SweepUsers | None)]
+            if frozen:  # shards moving away: their writes go to their new servers instead
+                todo, marks = fence_ops(todo, frozen)
+                results = merge_fenced(marks, await batch.run(todo) if todo else [])
+            else:
+                results = await batch.run(todo)
         if len(self.known_users) > 200_000:
             self.known_users.clear()
         self.known_users.update(batch.new_users)
@@ -251,6 +281,7 @@ class PgStore:
         metrics: Metrics | None = None,
         batch_max: int = 1000,
         pool_size: int = 8,
+        map_refresh: float = 5.0,
     ) -> None:
         if not dsns:
             raise ValueError("PgStore needs at least one server")
@@ -265,6 +296,8 @@ class PgStore:
         self._chains: dict[str, deque[_Link]] = {}
         self._pending: set[asyncio.Future[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._map_refresh = map_refresh
+        self._follower: MapFollower | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -289,11 +322,16 @@ class PgStore:
             writer = _Writer(self, index, dsn)
             writer.task = asyncio.create_task(writer.run(), name=f"courier-pg-writer-{index}")
             self._writers.append(writer)
+        self._follower = MapFollower(self, self._dsns[0], refresh=self._map_refresh)
+        self._follower.start()
 
     async def close(self) -> None:
         """Finish what was submitted (both halves of every send), then stop."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+        if self._follower is not None:
+            await self._follower.stop()
+            self._follower = None
         for writer in self._writers:
             writer.put(None, None)
         for writer in self._writers:
@@ -324,6 +362,55 @@ class PgStore:
         """The physical server holding `key` (a username or a token hash)."""
         return self.shard_map.server_of(key)
 
+    # ---- shard moves (see pg_movefence) -------------------------------------------------
+    @property
+    def servers(self) -> list[str]:
+        return list(self._dsns)
+
+    def directory_pool(self) -> asyncpg.Pool:
+        if not self._pools:
+            raise store_unavailable()
+        return self._pools[0]
+
+    def set_shard_map(self, new: ShardMap) -> None:
+        self._map = new
+
+    async def reload_shard_map(self) -> None:
+        """Read the map now rather than at the next notification."""
+        if self._follower is not None:
+            await self._follower.reload()
+
+    async def barrier(self, server: int) -> None:
+        """Return once everything put on `server`'s writer so far was applied or bounced."""
+        assert self._loop is not None
+        done: asyncio.Future[Any] = self._loop.create_future()
+        self._writers[server].put(SweepUsers((), 0), done)
+        with contextlib.suppress(Exception):
+            await done
+
+    def bounce(self, server: int, shard: int, op: ServerOp, fut: asyncio.Future[Any]) -> None:
+        assert self._follower is not None
+        self._follower.bounce(server, shard, op, fut)
+
+    def redispatch(self, op: ServerOp, fut: asyncio.Future[Any]) -> None:
+        """A held write again, under the current map and behind its sender's earlier sends."""
+        if isinstance(op, Pair):
+            self._send(op.op, fut)
+        elif isinstance(op, SenderSide) and op.op.sender in self._chains:
+            server = self.server_of(op.op.sender)
+            link = _Link(op.op, fut, server, pair=False, ready=True, incoming=op.incoming)
+            self._chains[op.op.sender].append(link)
+            self._pump(op.op.sender)
+        else:
+            self._route(op, fut)
+
+    def _route(self, op: ServerOp, fut: asyncio.Future[Any]) -> None:
+        """Put `op` on the writer of its shard's server, or hold it while that shard moves."""
+        follower = self._follower
+        if follower is not None and follower.holds and follower.held(op, fut):
+            return
+        self._writers[self.shard_map.server_of_shard(op_shards(op)[0])].put(op, fut)
+
     # ---- writes -------------------------------------------------------------------------
     def submit(self, op: WriteOp) -> asyncio.Future[Any]:
         loop = self._loop
@@ -336,21 +423,17 @@ class PgStore:
             self._send(op, fut)
         elif isinstance(op, Sweep):
             self._spawn(self._sweep(op, fut))
-        elif isinstance(op, CreateUser):
-            self._writers[self.server_of(op.username)].put(op, fut)
-        elif isinstance(op, PutToken | DeleteToken):
-            self._writers[self.server_of(op.token_hash)].put(op, fut)
-        elif isinstance(op, AdvanceAck | MarkRead):
-            self._writers[self.server_of(op.user)].put(op, fut)
-        elif isinstance(op, AppendReceipt):
-            self._writers[self.server_of(op.owner)].put(op, fut)
+        elif isinstance(
+            op, CreateUser | PutToken | DeleteToken | AdvanceAck | MarkRead | AppendReceipt
+        ):
+            self._route(op, fut)
         return fut
 
     def _send(self, op: AppendMessage, fut: asyncio.Future[Any]) -> None:
         recipient, sender = self.server_of(op.recipient), self.server_of(op.sender)
         chain = self._chains.get(op.sender)
         if recipient == sender and chain is None:
-            self._writers[sender].put(Pair(op), fut)
+            self._route(Pair(op), fut)
             return
         if chain is None:
             chain = self._chains[op.sender] = deque()
@@ -366,7 +449,7 @@ class PgStore:
         tests simulate with this."""
         assert self._loop is not None
         half: asyncio.Future[Incoming] = self._loop.create_future()
-        self._writers[self.server_of(op.recipient)].put(RecipientSide(op), half)
+        self._route(RecipientSide(op), half)
         return half
 
     def _recipient_done(self, link: _Link, half: asyncio.Future[Incoming]) -> None:
@@ -383,15 +466,22 @@ class PgStore:
         """Hand the sender's halves to its server in submission order."""
         chain = self._chains.get(sender)
         while chain and chain[0].ready:
-            link = chain.popleft()
+            link = chain[0]
+            moved = link.pair and self.server_of(link.op.recipient) != self.server_of(sender)
+            if moved and link.error is None:  # a shard moved since submission: two halves now
+                link.pair = link.ready = False
+                half = self.submit_recipient_side(link.op)
+                half.add_done_callback(partial(self._recipient_done, link))
+                break
+            chain.popleft()
             if link.error is not None:
                 if not link.fut.done():
                     link.fut.set_exception(link.error)
             elif link.pair:
-                self._writers[link.server].put(Pair(link.op), link.fut)
+                self._route(Pair(link.op), link.fut)
             else:
                 assert link.incoming is not None
-                self._writers[link.server].put(SenderSide(link.op, link.incoming), link.fut)
+                self._route(SenderSide(link.op, link.incoming), link.fut)
         if chain is not None and not chain:
             del self._chains[sender]
 

@@ -23,6 +23,9 @@ Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyn
 
 # Any constant works; it only has to be the same in every node.
 MIGRATION_LOCK = 0x636F7572696572  # "courier"
+# Taken shared by every writer batch and exclusively by a shard move freezing a shard, so the
+# freeze waits for the batches in flight and every later batch sees it.
+FENCE_LOCK = MIGRATION_LOCK + 1
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -137,6 +140,29 @@ MIGRATIONS: list[tuple[int, str]] = [
             server smallint NOT NULL,
             version bigint NOT NULL DEFAULT 1
         );
+        """,
+    ),
+    (
+        2,
+        f"""
+        -- The fence of a shard moving away: frozen on its old server from the moment its last
+        -- rows are copied, so no write lands there any more. A row exists only for a shard
+        -- that has been frozen here once; a shard moving in is unfrozen by the move.
+        CREATE TABLE shard_fence (
+            shard smallint PRIMARY KEY,
+            frozen boolean NOT NULL
+        );
+
+        -- The frozen shards, read by every writer batch under the shared fence lock. VOLATILE:
+        -- the SELECT takes its snapshot after the lock is granted, so it sees a freeze that
+        -- committed while the batch waited for it.
+        CREATE FUNCTION courier_frozen_shards() RETURNS smallint[]
+        LANGUAGE plpgsql VOLATILE AS $$
+        BEGIN
+            PERFORM pg_advisory_xact_lock_shared({FENCE_LOCK});
+            RETURN ARRAY(SELECT shard FROM shard_fence WHERE frozen);
+        END
+        $$;
         """,
     ),
 ]

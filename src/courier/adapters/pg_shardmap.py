@@ -29,6 +29,9 @@ class ShardMap:
     def server_of_shard(self, shard: int) -> int:
         return self._servers[shard]
 
+    def version_of_shard(self, shard: int) -> int:
+        return self._versions[shard]
+
     def server_of(self, key: str | bytes) -> int:
         return self._servers[shard_of(key)]
 
@@ -45,6 +48,11 @@ async def load_shard_map(directory: Conn, server_count: int) -> ShardMap:
         LOGICAL_SHARDS,
         server_count,
     )
+    return await read_shard_map(directory, server_count)
+
+
+async def read_shard_map(directory: Conn, server_count: int) -> ShardMap:
+    """The map as the directory holds it now; a node rereads it when a shard moves."""
     rows = await directory.fetch("SELECT shard, server, version FROM shard_map ORDER BY shard")
     if len(rows) != LOGICAL_SHARDS or [r["shard"] for r in rows] != list(range(LOGICAL_SHARDS)):
         raise ShardMapError(f"the shard map must list shards 0..{LOGICAL_SHARDS - 1} once each")

@@ -14,12 +14,25 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from bench import s1_store, w1_pairs, w2_drain, w3_idle, w4_history, w5_rate
+from bench import (
+    s1_store,
+    w1_cluster,
+    w1_pairs,
+    w2_drain,
+    w3_cluster,
+    w3_idle,
+    w4_history,
+    w5_rate,
+)
 from bench.common import Result, Settings, Target, console
 from bench.report import emit, median_of, write_summary
 from bench.server import ServerProcess, raise_fd_limit
 
-ORDER = ["W1", "W2", "W3", "W5", "S1", "W4"]
+ORDER = ["W1", "W1C", "W2", "W3", "W3C", "W5", "S1", "W4"]
+CLUSTER_RUNS: dict[str, Callable[[Settings], Awaitable[Result]]] = {
+    "W1C": w1_cluster.run,
+    "W3C": w3_cluster.run,
+}
 SOCKET_RUNS: dict[str, Callable[[Settings, Target], Awaitable[Result]]] = {
     "W1": w1_pairs.run,
     "W2": w2_drain.run,
@@ -38,6 +51,12 @@ def is_loopback(url: str) -> bool:
         return False
 
 
+def default_workloads(quick: bool, url: str | None) -> list[str]:
+    """Everything, except W3C in a --quick run and the cluster workloads with --url."""
+    names = [w for w in ORDER if not (quick and w == "W3C")]
+    return [w for w in names if not (url and w in CLUSTER_RUNS)]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small sizes, a few minutes in all")
@@ -46,7 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--server-pid", type=int, help="PID of the --url server, for its CPU and RSS figures"
     )
     p.add_argument(
-        "--workloads", default=",".join(ORDER), help="comma-separated, of " + ",".join(ORDER)
+        "--workloads",
+        help="comma-separated, of " + ",".join(ORDER) + " (default: all; W3C not with --quick,"
+        " W1C and W3C not with --url)",
     )
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
     p.add_argument("--data-root", type=Path, default=Path("bench-data"), help="W4's stores")
@@ -56,14 +77,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--w3-connections", type=int, help="idle connections (19000; quick 2000)")
     p.add_argument("--w3-per-process", type=int, default=4000, help="connections per driver")
     p.add_argument("--w4-messages", type=int, help="W4 store size (10M; quick 200K)")
+    p.add_argument("--w3c-connections", type=int, help="W3C idle connections (100000; quick 6000)")
+    p.add_argument("--w3c-nodes", type=int, default=6, help="W3C cluster nodes")
     args = p.parse_args(argv)
     if args.url and not is_loopback(args.url):
         p.error("--url must name a loopback address (127.0.0.0/8, ::1 or localhost)")
+    if args.workloads is None:
+        args.workloads = ",".join(default_workloads(args.quick, args.url))
     unknown = set(args.workloads.split(",")) - set(ORDER)
     if unknown:
         p.error(f"unknown workloads: {', '.join(sorted(unknown))}")
     if not 1 <= args.repeat <= 20:
         p.error("--repeat must be 1..20")
+    if args.w3c_nodes < 1:
+        p.error("--w3c-nodes must be at least 1")
     return args
 
 
@@ -72,6 +99,8 @@ async def run_once(name: str, settings: Settings, url: str | None, pid: int | No
         return await s1_store.run(settings)
     if name == "W4":
         return await w4_history.run(settings, Target(url, pid) if url else None)
+    if name in CLUSTER_RUNS:
+        return await CLUSTER_RUNS[name](settings)
     run = SOCKET_RUNS[name]
     if url:
         return await run(settings, Target(url, pid))
@@ -96,6 +125,8 @@ async def main_async(args: argparse.Namespace) -> int:
         w3_connections=args.w3_connections,
         w3_per_process=args.w3_per_process,
         w4_messages=args.w4_messages,
+        w3c_connections=args.w3c_connections,
+        w3c_nodes=args.w3c_nodes,
         owns_server=args.url is None,
     )
     wanted = set(args.workloads.split(","))
@@ -136,8 +167,12 @@ def main() -> int:
     args = parse_args()
     raise_fd_limit()
     args.out.mkdir(parents=True, exist_ok=True)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main_async(args))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main_async(args))
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -39,19 +39,25 @@ class Settings:
     w3_connections: int | None = None
     w3_per_process: int = 4000
     w4_messages: int | None = None
+    w3c_connections: int | None = None
+    w3c_nodes: int = 6
     owns_server: bool = True
     measured: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class Target:
-    """The server under test: its base URL and, when known, its PID for /proc readings."""
+    """The server under test: its base URL and, when known, its PID for /proc readings.
+    `peer_pids` are further server processes (other cluster nodes) whose CPU counts too."""
 
     url: str
     pid: int | None = None
+    peer_pids: tuple[int, ...] = ()
 
     def cpu_seconds(self) -> float | None:
-        return None if self.pid is None else proc_cpu_seconds(self.pid)
+        if self.pid is None:
+            return None
+        return sum(proc_cpu_seconds(p) for p in (self.pid, *self.peer_pids))
 
     def rss_kib(self) -> int | None:
         return None if self.pid is None else proc_rss_kib(self.pid)

@@ -24,10 +24,14 @@ from bench.drivers import WorkerLink, run_loop
 
 @dataclass(frozen=True)
 class Pair:
+    """Two accounts; each connects to its own URL when given, else to the job's."""
+
     sender: str
     sender_token: str
     receiver: str
     receiver_token: str
+    sender_url: str = ""
+    receiver_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -188,8 +192,8 @@ async def run_pairs(job: PairsJob, link: WorkerLink) -> Result:
         senders = []
         receivers = []
         for pair in job.pairs:
-            rws, _ = await connect(session, job.url, pair.receiver_token)
-            sws, _ = await connect(session, job.url, pair.sender_token)
+            rws, _ = await connect(session, pair.receiver_url or job.url, pair.receiver_token)
+            sws, _ = await connect(session, pair.sender_url or job.url, pair.sender_token)
             receivers.append(rws)
             senders.append(sws)
         start_ns = await link.ready()

@@ -29,8 +29,10 @@ async def run_pairs_workload(
     drivers: int,
     budget_s: float,
     rate_per_sender: float | None = None,
+    metric_urls: list[str] | None = None,
 ) -> Result:
-    """Returns figures common to W1 and W5: msgs, seconds, msg_per_s, latency, lost..."""
+    """Returns figures common to W1 and W5: msgs, seconds, msg_per_s, latency, lost...
+    With `metric_urls` (several servers) `server_metrics` holds one reading per URL."""
     chunks = split(pairs, drivers)
     jobs = []
     index = 0
@@ -48,7 +50,8 @@ async def run_pairs_workload(
         )
         index += len(chunk)
     meter = CpuMeter(target)
-    metrics_before = await server_metrics.read(target.url)
+    urls = metric_urls or [target.url]
+    metrics_before = [await server_metrics.read(u) for u in urls]
     _, results = await run_workers(
         pairs_worker,
         jobs,
@@ -58,7 +61,11 @@ async def run_pairs_workload(
         on_go=meter.start,
     )
     meter.stop()
-    store_figures = server_metrics.between(metrics_before, await server_metrics.read(target.url))
+    metrics_after = [await server_metrics.read(u) for u in urls]
+    readings = [
+        server_metrics.between(b, a) for b, a in zip(metrics_before, metrics_after, strict=True)
+    ]
+    store_figures: Result | list[Result | None] | None = readings if metric_urls else readings[0]
     total, latency = merge(results)
     seconds = total["seconds"]
     delivered = int(total["delivered"])

@@ -32,6 +32,9 @@ WORST_OF = {
     "disconnects",
     "failed",
     "failed_runs",
+    "closed",
+    "timeout",
+    "error",
 }
 
 
@@ -80,6 +83,15 @@ def _notes(r: Result) -> str:
             f"alive after hold {_fmt(r.get('alive_after_hold'))}, "
             f"server RSS {_fmt(r.get('server_rss_kib_per_conn'))} KiB/conn"
         )
+    if w == "W3C":
+        notes.append(
+            f"{_fmt(r.get('connected'))}/{_fmt(r.get('connections'))} connected over "
+            f"{_fmt(r.get('nodes'))} nodes in {_fmt(r.get('connect_s'))} s, "
+            f"alive after hold {_fmt(r.get('alive_after_hold'))}, server RSS "
+            f"{_fmt(r.get('server_rss_kib_per_conn_mean'))} KiB/conn (mean of nodes)"
+        )
+    if w == "W1C":
+        notes.append(f"{_fmt(r.get('nodes'))} nodes, every message across NATS")
     if w == "W5":
         for p in r.get("phases", []):
             lat = p.get("latency_ms", {})

@@ -47,6 +47,39 @@ def _cluster_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import asyncpg
+
+    from courier.adapters import pg_shardmove
+
+    try:
+        settings = load_settings(config_file=args.config)
+    except (ValueError, OSError) as exc:
+        print(f"courier: {exc}", file=sys.stderr)
+        return 2
+    dsns = [d.strip() for d in settings.postgres_servers.split(",") if d.strip()]
+    if not dsns:
+        print("courier: setting postgres_servers is required", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "where":
+            out = asyncio.run(pg_shardmove.where(dsns, args.user))
+        else:
+            report = asyncio.run(
+                pg_shardmove.move_shard(
+                    dsns, args.shard, args.to, grace=args.grace, drain=not args.no_drain
+                )
+            )
+            out = report.as_dict()
+    except (pg_shardmove.ShardMoveError, asyncpg.PostgresError, OSError) as exc:
+        print(f"courier: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="courier", description="Courier messenger server.")
     parser.add_argument("--version", action="version", version=f"courier {__version__}")
@@ -74,6 +107,31 @@ def build_parser() -> argparse.ArgumentParser:
     down = actions.add_parser("down", help="stop exactly what `up` started in --dir")
     down.add_argument("--dir", required=True)
     down.set_defaults(func=_cluster_down)
+    shard = commands.add_parser(
+        "shard",
+        help="logical shards of the PostgreSQL store (settings as for `serve`)",
+        description="Reads postgres_servers like `courier serve` does (COURIER_POSTGRES_SERVERS "
+        "or --config); prints JSON.",
+    )
+    shard_actions = shard.add_subparsers(dest="action", required=True)
+    move = shard_actions.add_parser(
+        "move", help="move a shard to another server while the cluster keeps serving"
+    )
+    move.add_argument("shard", type=int, help="logical shard, 0..999")
+    move.add_argument("--to", type=int, required=True, help="server index in postgres_servers")
+    move.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds between the map switch and deleting the old copy (default 10)",
+    )
+    move.add_argument("--no-drain", action="store_true", help="keep the old copy")
+    move.add_argument("--config", help="a TOML file of settings")
+    move.set_defaults(func=_shard)
+    where = shard_actions.add_parser("where", help="the shard and server of a user")
+    where.add_argument("user")
+    where.add_argument("--config", help="a TOML file of settings")
+    where.set_defaults(func=_shard)
     try:
         from courier.client.terminal import add_commands
     except ImportError:

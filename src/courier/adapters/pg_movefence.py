@@ -4,9 +4,10 @@ A shard moving from server A to server B is frozen on A (`shard_fence`) once its
 copied. Every writer batch reads the frozen shards of its server under a shared lock
 (`courier_frozen_shards()`), and the operations that write a frozen shard are not applied:
 they come back here ("bounced") and wait, with every later write of that shard made by this
-node, until the map says where the shard lives now. Then they go out again in their original
-order, so a sender's messages keep their order across the move and a caller's future resolves
-only once its write is durable on the new server.
+node and every later half of the same senders, until the map says where the shard lives now.
+Then they go out again in their original order (a sender's halves back at the front of its
+chain), so a sender's messages keep their order across the move, and a caller's future
+resolves only once its write is durable on the new server.
 
 The map is reread when the directory notifies `courier_shard_map`, every `refresh` seconds in
 case a notification was missed, and whenever a write bounces; a node that missed everything
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,17 +88,29 @@ async def frozen_shards(conn: Conn) -> frozenset[int]:
     return frozenset(found) if found else frozenset()
 
 
-def fence_ops(ops: list[ServerOp], frozen: frozenset[int]) -> tuple[list[ServerOp], list[Any]]:
-    """The operations to apply, and per operation either None (applied) or a `Bounced`."""
+def fence_ops(
+    ops: list[ServerOp], frozen: frozenset[int], senders: Mapping[str, int]
+) -> tuple[list[ServerOp], list[Any]]:
+    """The operations to apply, and per operation either None (applied) or a `Bounced`.
+
+    An operation bounces when it writes a frozen shard, and a sender's half when an earlier
+    half of that sender bounced (`senders`: sender -> shard held), so that no later message
+    of a sender takes a seq in its timeline before an earlier one."""
     keep: list[ServerOp] = []
     marks: list[Any] = []
+    blocked = dict(senders)
     for op in ops:
         hit = next((s for s in op_shards(op) if s in frozen), None)
+        sender = op.op.sender if isinstance(op, Pair | SenderSide) else None
+        if hit is None and sender is not None:
+            hit = blocked.get(sender)
         if hit is None:
             keep.append(op)
             marks.append(None)
-        else:
-            marks.append(Bounced(hit))
+            continue
+        marks.append(Bounced(hit))
+        if sender is not None:
+            blocked.setdefault(sender, hit)
     return keep, marks
 
 
@@ -131,6 +145,7 @@ class MapFollower:
         self.dsn = directory_dsn
         self.refresh = refresh
         self.holds: dict[int, Hold] = {}
+        self.senders: dict[str, int] = {}  # a sender whose halves wait in a hold -> its shard
         self._changed = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -140,6 +155,8 @@ class MapFollower:
         self._task = asyncio.create_task(self._follow(), name="courier-pg-map-follower")
 
     async def stop(self) -> None:
+        for task in list(self._releases):  # only left when their writes were given up on
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -148,17 +165,25 @@ class MapFollower:
 
     # ---- holding writes -------------------------------------------------------------------
     def held(self, op: ServerOp, fut: asyncio.Future[Any]) -> bool:
-        """Keep `op` back when a shard it writes is moving; True when it was kept."""
-        for shard in op_shards(op):
-            hold = self.holds.get(shard)
-            if hold is not None:
-                hold.later.append((op, fut))
-                return True
-        return False
+        """Keep `op` back when a shard it writes is moving, or when it is a half of a sender
+        whose earlier half is held; True when it was kept."""
+        sender = op.op.sender if isinstance(op, Pair | SenderSide) else None
+        shard = None if sender is None else self.senders.get(sender)
+        if shard is None:
+            shard = next((s for s in op_shards(op) if s in self.holds), None)
+            if shard is None:
+                return False
+        self.holds[shard].later.append((op, fut))
+        if sender is not None:
+            self.senders.setdefault(sender, shard)
+        return True
 
     def bounce(self, server: int, shard: int, op: ServerOp, fut: asyncio.Future[Any]) -> None:
-        """`op` met the frozen fence of `shard` on `server`."""
+        """`op` met the frozen fence of `shard` on `server` (or followed a sender's half
+        that did)."""
         self._hold(shard, server).bounced.append((op, fut))
+        if isinstance(op, Pair | SenderSide):
+            self.senders.setdefault(op.op.sender, shard)
         self._changed.set()
 
     def _hold(self, shard: int, source: int) -> Hold:
@@ -186,9 +211,9 @@ class MapFollower:
             with contextlib.suppress(Exception):
                 await self.reload()
         del self.holds[shard]
-        for op, fut in hold.bounced + hold.later:
-            if not fut.done():
-                self.store.redispatch(op, fut)
+        for sender in [s for s, held in self.senders.items() if held == shard]:
+            del self.senders[sender]
+        self.store.redispatch(hold.bounced + hold.later)
 
     # ---- following the map ----------------------------------------------------------------
     async def reload(self) -> None:

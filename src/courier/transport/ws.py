@@ -177,7 +177,29 @@ class Connection:
             self._spawn(self.catch_up())
 
     async def catch_up(self) -> None:
-        """Replay stored events after last_seq, then release held live events in order."""
+        """Replay stored events after last_seq, then release held live events in order.
+
+        If the store cannot be read, the connection is closed (1011): a connection stuck
+        holding live events would be worse than a client that reconnects and resyncs.
+        """
+        try:
+            await self._replay()
+        except CourierError as exc:
+            self.close(WSCloseCode.INTERNAL_ERROR, exc.code)
+            return
+        except Exception:
+            log.exception("replay failed; closing the connection so the client resyncs")
+            self.close(WSCloseCode.INTERNAL_ERROR, "resync_failed")
+            return
+        self._catching_up = False
+        held, self._held = self._held, {}
+        for seq in sorted(held):
+            if not self._catching_up:
+                self.deliver(held[seq])
+            else:
+                self._held[seq] = held[seq]
+
+    async def _replay(self) -> None:
         delivery = self._endpoint.delivery
         while not self._closed:
             self._held_overflow = False
@@ -196,13 +218,6 @@ class Connection:
             await self._drained()
             if not more and not self._held_overflow:
                 break
-        self._catching_up = False
-        held, self._held = self._held, {}
-        for seq in sorted(held):
-            if not self._catching_up:
-                self.deliver(held[seq])
-            else:
-                self._held[seq] = held[seq]
 
     # ---- incoming -----------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import uvloop
 
 from bench import (
+    s1_postgres,
     s1_store,
     w1_cluster,
     w1_pairs,
@@ -28,7 +29,7 @@ from bench.common import Result, Settings, Target, console
 from bench.report import emit, median_of, write_summary
 from bench.server import ServerProcess, raise_fd_limit
 
-ORDER = ["W1", "W1C", "W2", "W3", "W3C", "W5", "S1", "W4"]
+ORDER = ["W1", "W1C", "W2", "W3", "W3C", "W5", "S1", "S1P", "W4"]
 CLUSTER_RUNS: dict[str, Callable[[Settings], Awaitable[Result]]] = {
     "W1C": w1_cluster.run,
     "W3C": w3_cluster.run,
@@ -97,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def run_once(name: str, settings: Settings, url: str | None, pid: int | None) -> Result:
     if name == "S1":
         return await s1_store.run(settings)
+    if name == "S1P":
+        return await s1_postgres.run(settings)
     if name == "W4":
         return await w4_history.run(settings, Target(url, pid) if url else None)
     if name in CLUSTER_RUNS:

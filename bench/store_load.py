@@ -8,9 +8,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from courier.adapters.rocks_store import RocksStore
 from courier.domain.ids import IdGenerator
 from courier.domain.ops import AppendMessage, CreateUser
+from courier.ports import Store
 
 IN_FLIGHT = 2000
 
@@ -19,13 +19,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def create_users(store: RocksStore, names: Iterable[str], password_hash: str) -> None:
+async def create_users(store: Store, names: Iterable[str], password_hash: str) -> None:
     futures = [store.submit(CreateUser(n, password_hash=password_hash, ts=now_ms())) for n in names]
     await asyncio.gather(*futures)
 
 
 async def append_all(
-    store: RocksStore,
+    store: Store,
     pairs: Iterable[tuple[str, str]],
     body: str,
     on_progress: Callable[[int], None] | None = None,

@@ -1,0 +1,74 @@
+"""S1P: the sharded PostgreSQL store alone (two servers started here, synchronous commits on):
+durable appends through the per-server writers, no sockets, at batch 100 and at batch 1000."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import BODY_SIZE, Result, Settings, per_100k, progress, rnd
+from bench.s1_store import round_robin
+from bench.store_load import IN_FLIGHT, append_all, create_users
+from courier.adapters.pg_store import PgStore
+from courier.cluster.engines import Proc, start_postgres
+from courier.cluster.local import stop_procs
+
+USERS = 100
+
+
+async def measure(dsns: list[str], batch: int, count: int, prefix: str) -> dict[str, object]:
+    store = PgStore(dsns, batch_max=batch)
+    await store.open()
+    try:
+        names = [f"{prefix}{i}" for i in range(USERS)]
+        await create_users(store, names, "x")
+        with progress() as bar:
+            task = bar.add_task(f"S1P appends, batch {batch}", total=count)
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            async with asyncio.timeout(600):
+                stored = await append_all(
+                    store,
+                    round_robin(names, count),
+                    "x" * BODY_SIZE,
+                    on_progress=lambda n: bar.update(task, completed=n),
+                )
+            seconds = time.perf_counter() - t0
+            cpu = time.process_time() - cpu0
+    finally:
+        await store.close()
+    return {
+        "batch": batch,
+        "msgs": stored,
+        "seconds": rnd(seconds),
+        "msg_per_s": rnd(stored / seconds, 1),
+        "client_cpu_s_per_100k": rnd(per_100k(cpu, stored)),
+    }
+
+
+def start_servers(folder: str, procs: list[Proc]) -> None:
+    root = Path(folder)
+    root.chmod(0o711)  # the servers run as `nobody` under root
+    for i in range(2):
+        procs.append(start_postgres(root, f"pg{i}"))
+
+
+async def run(settings: Settings) -> Result:
+    count = 20_000 if settings.quick else 100_000
+    with tempfile.TemporaryDirectory(prefix="courier-s1p-") as tmp:
+        procs: list[Proc] = []
+        try:
+            await asyncio.to_thread(start_servers, tmp, procs)
+            dsns = [p.url for p in procs]
+            phases = [await measure(dsns, batch, count, f"s1p{batch}u") for batch in (100, 1000)]
+        finally:
+            stop_procs(procs)
+    return {
+        "workload": "S1P",
+        "servers": 2,
+        "in_flight": IN_FLIGHT,
+        "phases": phases,
+        "msg_per_s": phases[0]["msg_per_s"],
+        "server_cpu_s_per_100k": None,
+    }

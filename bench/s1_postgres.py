@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import time
 from pathlib import Path
 
-from bench.common import BODY_SIZE, Result, Settings, per_100k, progress, rnd
-from bench.s1_store import round_robin
-from bench.store_load import IN_FLIGHT, append_all, create_users
+from bench.common import Result, Settings, per_100k, rnd
+from bench.s1_store import timed_appends
+from bench.store_load import IN_FLIGHT
 from courier.adapters.pg_store import PgStore
 from courier.cluster.engines import Proc, start_postgres
 from courier.cluster.local import stop_procs
@@ -23,19 +22,8 @@ async def measure(dsns: list[str], batch: int, count: int, prefix: str) -> dict[
     await store.open()
     try:
         names = [f"{prefix}{i}" for i in range(USERS)]
-        await create_users(store, names, "x")
-        with progress() as bar:
-            task = bar.add_task(f"S1P appends, batch {batch}", total=count)
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            async with asyncio.timeout(600):
-                stored = await append_all(
-                    store,
-                    round_robin(names, count),
-                    "x" * BODY_SIZE,
-                    on_progress=lambda n: bar.update(task, completed=n),
-                )
-            seconds = time.perf_counter() - t0
-            cpu = time.process_time() - cpu0
+        label = f"S1P appends, batch {batch}"
+        stored, seconds, cpu = await timed_appends(store, names, count, label)
     finally:
         await store.close()
     return {

@@ -13,6 +13,7 @@ from pathlib import Path
 from bench.common import BODY_SIZE, Result, Settings, per_100k, progress, rnd
 from bench.store_load import IN_FLIGHT, append_all, create_users
 from courier.adapters.rocks_store import RocksStore
+from courier.ports import Store
 
 USERS = 100
 
@@ -24,6 +25,25 @@ def round_robin(names: list[str], count: int) -> Iterator[tuple[str, str]]:
         yield names[2 * k], names[2 * k + 1]
 
 
+async def timed_appends(
+    store: Store, names: list[str], count: int, label: str
+) -> tuple[int, float, float]:
+    """Create `names`, append `count` messages among them with a progress bar; returns
+    (stored, seconds, this process's CPU-seconds)."""
+    await create_users(store, names, "x")
+    with progress() as bar:
+        task = bar.add_task(label, total=count)
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        async with asyncio.timeout(600):
+            stored = await append_all(
+                store,
+                round_robin(names, count),
+                "x" * BODY_SIZE,
+                on_progress=lambda n: bar.update(task, completed=n),
+            )
+        return stored, time.perf_counter() - t0, time.process_time() - cpu0
+
+
 async def run(settings: Settings) -> Result:
     count = 50_000 if settings.quick else 500_000
     names = [f"s1user{i}" for i in range(USERS)]
@@ -31,19 +51,7 @@ async def run(settings: Settings) -> Result:
         store = RocksStore(str(Path(tmp) / "store"))
         await store.open()
         try:
-            await create_users(store, names, "x")
-            with progress() as bar:
-                task = bar.add_task("S1 appends", total=count)
-                cpu0, t0 = time.process_time(), time.perf_counter()
-                async with asyncio.timeout(600):
-                    stored = await append_all(
-                        store,
-                        round_robin(names, count),
-                        "x" * BODY_SIZE,
-                        on_progress=lambda n: bar.update(task, completed=n),
-                    )
-                seconds = time.perf_counter() - t0
-                cpu = time.process_time() - cpu0
+            stored, seconds, cpu = await timed_appends(store, names, count, "S1 appends")
         finally:
             await store.close()
     return {

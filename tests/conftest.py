@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 
 from courier.config import Settings, load_settings
 from courier.server import Server
@@ -23,6 +25,13 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {**FAST, "host": "127.0.0.1", "port": 0, "data_dir": str(data_dir)}
     values.update(overrides)
     return load_settings(env={}, **values)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on the loop `courier serve` runs on (its transports differ from asyncio's)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture
@@ -58,9 +67,19 @@ async def server(
 
 
 @pytest.fixture
-async def api(server: Server) -> AsyncIterator[Api]:
+def ws_front() -> str:
+    """Override (or parametrize) in a test module to reach the other WebSocket front."""
+    return "lean"
+
+
+@pytest.fixture
+async def api(server: Server, ws_front: str) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
-        yield Api(server.url, session)
+        api = Api(server.url, session, ws_front)
+        try:
+            yield api
+        finally:
+            await api.close()
 
 
 @pytest.fixture(autouse=True)

@@ -42,9 +42,18 @@ class Reply:
 
 
 class Api:
-    def __init__(self, base: str, session: aiohttp.ClientSession) -> None:
+    """`front` picks the server's WebSocket front: "lean" when the upgrade opens a new
+    connection, "aiohttp" when it reuses a keep-alive connection that carried a request."""
+
+    def __init__(self, base: str, session: aiohttp.ClientSession, front: str = "lean") -> None:
         self.base = base
         self.http = session
+        self.front = front
+        self._keepalive: list[aiohttp.ClientSession] = []
+
+    async def close(self) -> None:
+        for session in self._keepalive:
+            await session.close()
 
     async def call(
         self,
@@ -118,7 +127,16 @@ class Api:
             params.append(query)
         if params:
             url += "?" + "&".join(params)
-        return Ws(await self.http.ws_connect(url, autoping=True))
+        if self.front == "lean":
+            connector = aiohttp.TCPConnector(force_close=True)
+            fresh = aiohttp.ClientSession(connector=connector)
+            self._keepalive.append(fresh)
+            return Ws(await fresh.ws_connect(url, autoping=True))
+        reused = aiohttp.ClientSession()
+        self._keepalive.append(reused)
+        async with reused.get(self.base + "/healthz") as r:
+            await r.read()  # leaves an idle keep-alive connection for the upgrade to reuse
+        return Ws(await reused.ws_connect(url, autoping=True))
 
 
 class Ws:

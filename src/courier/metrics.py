@@ -62,6 +62,13 @@ class Metrics:
         self.connections = Gauge(
             "courier_connections", "Live WebSocket connections on this node.", registry=r
         )
+        self.ws_upgrades = Counter(
+            "courier_ws_upgrades",
+            "WebSocket upgrades by front: lean (a new TCP connection) or aiohttp (an upgrade "
+            "on a keep-alive connection that carried HTTP requests first).",
+            ["front"],
+            registry=r,
+        )
         self.longpolls = Gauge(
             "courier_longpolls_held", "Long-poll requests being held on this node.", registry=r
         )

@@ -28,7 +28,9 @@ from courier.service.registry import Registry
 from courier.service.retention import run_retention
 from courier.transport.app import build_app
 from courier.transport.http_api import HttpApi
+from courier.transport.listener import PortSniffer
 from courier.transport.ws import WsEndpoint, WsSettings
+from courier.transport.ws_lean import LeanFront
 
 log = logging.getLogger("courier")
 
@@ -101,6 +103,8 @@ class Server:
             cache=self.cache,
         )
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._lean: LeanFront | None = None
         self._retention: asyncio.Task[None] | None = None
         self.port = settings.port
 
@@ -152,14 +156,22 @@ class Server:
             max_field_size=32 * 1024,
         )
         await self._runner.setup()
+        http = self._runner.server
+        assert http is not None
+        lean = self._lean = LeanFront(ws)
+        lean.start()
+        loop = asyncio.get_running_loop()
+
+        def sniffer() -> PortSniffer:
+            return PortSniffer(http, lean)
+
         if sock is not None:
-            site: web.BaseSite = web.SockSite(self._runner, sock)
+            self._listener = await loop.create_server(sniffer, sock=sock, backlog=4096)
         else:
-            site = web.TCPSite(self._runner, s.host, s.port, backlog=4096, reuse_address=True)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+            self._listener = await loop.create_server(
+                sniffer, s.host, s.port, backlog=4096, reuse_address=True
+            )
+        self.port = self._listener.sockets[0].getsockname()[1]
         if s.retention_days > 0:
             self._retention = asyncio.create_task(
                 run_retention(self.store, s.retention_days, s.retention_interval, self.metrics)
@@ -170,9 +182,13 @@ class Server:
             self._retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # closes every WebSocket (1001), then HTTP
             self._runner = None
+        if self._lean is not None:
+            await self._lean.stop()
         await self.broker.close()
         await self.cache.close()
         await self.store.close()

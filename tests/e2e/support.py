@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
 import socket
@@ -155,5 +156,62 @@ class RawWs:
                     (code,) = struct.unpack("!H", payload[:2])
                     return int(code)
 
+    def send(
+        self, opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True
+    ) -> None:
+        """Write one frame exactly as given, hostile ones included."""
+        head = bytes([(0x80 if fin else 0) | rsv | opcode])
+        n = len(payload)
+        bit = 0x80 if mask else 0
+        if n < 126:
+            head += bytes([bit | n])
+        elif n < 65536:
+            head += bytes([bit | 126]) + struct.pack("!H", n)
+        else:
+            head += bytes([bit | 127]) + struct.pack("!Q", n)
+        if mask:
+            key = os.urandom(4)
+            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+            head += key
+        self.writer.write(head + payload)
+
+    def send_json(self, frame: dict[str, Any]) -> None:
+        self.send(0x1, json.dumps(frame).encode())
+
+    async def json(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The next text frame, decoded; control frames before it are skipped."""
+        while True:
+            opcode, payload = await self.frame(timeout)
+            if opcode == 0x1:
+                frame: dict[str, Any] = json.loads(payload)
+                return frame
+            assert opcode in (0x9, 0xA), (opcode, payload)
+
     def close(self) -> None:
         self.writer.close()
+
+
+async def raw_exchange(base: str, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes on a new connection; everything the server says until it hangs up."""
+    parts = urlsplit(base)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(timeout):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+def upgrade_request(path_and_query: str, **headers: str) -> bytes:
+    """A WebSocket upgrade request; keyword headers replace (or, set to "", drop) defaults."""
+    fields = {
+        "Host": "127.0.0.1",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        "Sec-WebSocket-Version": "13",
+    }
+    fields.update({k.replace("_", "-"): v for k, v in headers.items()})
+    lines = [f"GET {path_and_query} HTTP/1.1"] + [f"{k}: {v}" for k, v in fields.items() if v]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()

@@ -24,6 +24,12 @@ from tests.e2e.support import (
 from tests.helpers import Api, User, Ws
 
 
+@pytest.fixture(params=["lean", "aiohttp"])
+def ws_front(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both WebSocket fronts of the server."""
+    return str(request.param)
+
+
 def overrides(**values: Any) -> pytest.MarkDecorator:
     """Run one test on a server started with these settings."""
     return pytest.mark.parametrize("settings_overrides", [values], ids=["settings"])
@@ -39,6 +45,13 @@ async def assert_alive(ws: Ws) -> None:
 
 
 # ---- authentication ------------------------------------------------------------------------
+async def test_the_upgrade_is_served_by_the_chosen_front(api: Api) -> None:
+    await connect(api, await api.user())
+    r = await api.call("GET", "/metrics")
+    line = f'courier_ws_upgrades_total{{front="{api.front}"}} 1.0'
+    assert line in r.body.splitlines(), [x for x in r.body.splitlines() if "upgrades" in x]
+
+
 async def test_hello_is_the_first_frame_with_the_head(api: Api) -> None:
     alice, bob = await api.user(), await api.user()
     for i in range(3):

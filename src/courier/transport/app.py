@@ -13,6 +13,7 @@ from courier.transport.errors import error_middleware
 from courier.transport.http_api import HttpApi
 from courier.transport.openapi import build_openapi
 from courier.transport.ws import WsEndpoint
+from courier.transport.ws_aiohttp import AiohttpWs
 
 STATIC_DIR = Path(str(resources.files("courier.transport"))) / "static"
 
@@ -22,7 +23,7 @@ def build_app(api: HttpApi, ws: WsEndpoint, request_max_bytes: int) -> web.Appli
         middlewares=[error_middleware(api.metrics)], client_max_size=request_max_bytes
     )
     app.add_routes(api.routes())
-    app.router.add_get("/v1/ws", ws.handle)
+    app.router.add_get("/v1/ws", AiohttpWs(ws).handle)
     openapi = msgspec.json.encode(build_openapi())
 
     async def openapi_json(request: web.Request) -> web.Response:

@@ -44,7 +44,10 @@ async def decode_body(request: web.Request, kind: type[T]) -> T:
 
 
 def int_param(request: web.Request, name: str, default: int | None) -> int | None:
-    raw = request.query.get(name)
+    return parse_int(request.query.get(name), name, default)
+
+
+def parse_int(raw: str | None, name: str, default: int | None) -> int | None:
     if raw is None or raw == "":
         return default
     try:

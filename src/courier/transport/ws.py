@@ -1,5 +1,10 @@
 """The WebSocket endpoint `/v1/ws`: one connection = one registry subscriber.
 
+Two fronts serve it on the one port and share everything here: the lean protocol
+(`ws_lean`, every upgrade that opens a new TCP connection) and aiohttp's WebSocket
+(`ws_aiohttp`, an upgrade on a keep-alive connection that already carried HTTP requests).
+A front gives the connection a `Link` (how to close it) and its asyncio transport.
+
 Outgoing: every frame goes through `queue`, which batches the frames of one loop tick into a
 single socket write. The kernel buffer plus the transport's buffer is the connection's
 outgoing queue; when it passes `ws_send_buffer_max` the reader is too slow and is closed
@@ -13,14 +18,12 @@ are being replayed, are held and released in seq order; a gap is filled from the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
-from aiohttp import WSCloseCode, WSMsgType, web
 
 from courier.domain.errors import CourierError, unauthorized
 from courier.domain.ops import SendResult
@@ -31,10 +34,11 @@ from courier.service.delivery import EVENTS_LIMIT_MAX, Delivery
 from courier.service.ratelimit import TokenBucket
 from courier.service.registry import Registry
 from courier.transport import wire
-from courier.transport.http_api import int_param
 from courier.transport.ws_frames import text_frames
 
 log = logging.getLogger(__name__)
+
+GOING_AWAY, POLICY_VIOLATION, INTERNAL_ERROR, TRY_AGAIN_LATER = 1001, 1008, 1011, 1013
 
 HELD_MAX = 10_000  # live events held during a replay before falling back to the store
 DRAIN_STALL = 30.0  # seconds a replay may wait on a reader that takes nothing
@@ -49,27 +53,53 @@ class WsSettings(msgspec.Struct, frozen=True):
     frame_burst: int
 
 
-def _error(code: str, message: str, ref: str | None = None) -> bytes:
+def error_frame(code: str, message: str, ref: str | None = None) -> bytes:
     return wire.encoder.encode(wire.ErrorFrame(code, message, ref))
+
+
+class Link(Protocol):
+    """How a front ends its connection: a close frame, then the socket."""
+
+    def close(self, code: int, reason: str) -> None: ...
+
+    async def close_and_wait(self, code: int, reason: str) -> None: ...
 
 
 class Connection:
     """A live WebSocket of one user's device; the registry hands it envelopes."""
 
+    __slots__ = (
+        "_catching_up",
+        "_closed",
+        "_endpoint",
+        "_flush_scheduled",
+        "_frames",
+        "_held",
+        "_held_overflow",
+        "_link",
+        "_pending",
+        "_transport",
+        "conn_id",
+        "last_seq",
+        "session",
+        "token_hash",
+        "user",
+    )
+
     def __init__(
         self,
-        ws: web.WebSocketResponse,
-        request: web.Request,
+        link: Link,
+        transport: asyncio.Transport | None,
         session: Session,
         endpoint: WsEndpoint,
     ) -> None:
-        self.ws = ws
+        self._link = link
         self.user = session.username
         self.token_hash = session.token_hash
         self.conn_id = "ws-" + secrets.token_hex(6)
         self.session = session
         self.last_seq = 0
-        self._transport = request.transport
+        self._transport = transport
         self._endpoint = endpoint
         self._pending: list[bytes] = []
         self._flush_scheduled = False
@@ -77,7 +107,6 @@ class Connection:
         self._held: dict[int, Envelope] = {}
         self._held_overflow = False
         self._closed = False
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._frames = TokenBucket(endpoint.settings.frame_rate, endpoint.settings.frame_burst)
 
     # ---- outgoing -----------------------------------------------------------------------
@@ -110,14 +139,14 @@ class Connection:
         if self._closed:
             return
         self._endpoint.metrics.slow_consumers.inc()
-        self.close(WSCloseCode.TRY_AGAIN_LATER, reason)
+        self.close(TRY_AGAIN_LATER, reason)
 
     def close(self, code: int, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
         self._endpoint.registry.remove(self)
-        self._spawn(self.ws.close(code=code, message=reason.encode()))
+        self._link.close(code, reason)
 
     async def _drained(self) -> None:
         """Wait until the socket took most of what we wrote (replays can be large)."""
@@ -166,15 +195,15 @@ class Connection:
             self._held[env.seq] = env
 
     def revoke(self) -> None:
-        self.queue(_error("unauthorized", "This session was logged out."))
+        self.queue(error_frame("unauthorized", "This session was logged out."))
         self._flush()
-        self.close(WSCloseCode.POLICY_VIOLATION, "logged_out")
+        self.close(POLICY_VIOLATION, "logged_out")
 
     # ---- catching up from the store -----------------------------------------------------
     def _start_catch_up(self) -> None:
         if not self._catching_up:
             self._catching_up = True
-            self._spawn(self.catch_up())
+            self._endpoint.spawn(self.catch_up())
 
     async def catch_up(self) -> None:
         """Replay stored events after last_seq, then release held live events in order.
@@ -185,11 +214,11 @@ class Connection:
         try:
             await self._replay()
         except CourierError as exc:
-            self.close(WSCloseCode.INTERNAL_ERROR, exc.code)
+            self.close(INTERNAL_ERROR, exc.code)
             return
         except Exception:
             log.exception("replay failed; closing the connection so the client resyncs")
-            self.close(WSCloseCode.INTERNAL_ERROR, "resync_failed")
+            self.close(INTERNAL_ERROR, "resync_failed")
             return
         self._catching_up = False
         held, self._held = self._held, {}
@@ -220,38 +249,25 @@ class Connection:
                 break
 
     # ---- incoming -----------------------------------------------------------------------
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None and not isinstance(exc, ConnectionError):
-            log.error("connection task failed", exc_info=exc)
-
-    async def handle(self, data: bytes) -> None:
+    def handle(self, data: bytes) -> None:
         wait = self._frames.take()
         if wait:
             message = f"Too many frames; retry in {wait:.3f} s."
-            self.queue(_error("rate_limited", message, _ref_of(data)))
+            self.queue(error_frame("rate_limited", message, _ref_of(data)))
             return
         try:
             frame = wire.frame_decoder.decode(data)
         except msgspec.DecodeError as exc:
-            self.queue(_error("bad_frame", wire.describe(exc), _ref_of(data)))
+            self.queue(error_frame("bad_frame", wire.describe(exc), _ref_of(data)))
             return
         if isinstance(frame, wire.SendFrame):
             self._send(frame)
         elif isinstance(frame, wire.PingFrame):
             self.queue(wire.PONG)
         elif isinstance(frame, wire.AuthFrame):
-            self.queue(_error("bad_frame", "This connection is already authenticated."))
+            self.queue(error_frame("bad_frame", "This connection is already authenticated."))
         else:
-            self._spawn(self._guarded(frame))
+            self._endpoint.spawn(self._guarded(frame))
 
     def _send(self, frame: wire.SendFrame) -> None:
         try:
@@ -259,7 +275,7 @@ class Connection:
                 self.session, frame.to, frame.body, frame.client_id, skip=self.conn_id
             )
         except CourierError as exc:
-            self.queue(_error(exc.code, exc.message, frame.client_id))
+            self.queue(error_frame(exc.code, exc.message, frame.client_id))
             return
         answer.add_done_callback(partial(self._sent, frame.client_id))
 
@@ -268,10 +284,10 @@ class Connection:
             return
         exc = answer.exception()
         if isinstance(exc, CourierError):
-            self.queue(_error(exc.code, exc.message, client_id))
+            self.queue(error_frame(exc.code, exc.message, client_id))
         elif exc is not None:
             log.error("send failed", exc_info=exc)
-            self.queue(_error("internal_error", "The send failed; retry it.", client_id))
+            self.queue(error_frame("internal_error", "The send failed; retry it.", client_id))
         else:
             r = answer.result()
             self.queue(wire.encoder.encode(wire.Sent(r.client_id, r.id, r.seq, r.ts)))
@@ -288,7 +304,7 @@ class Connection:
             elif isinstance(frame, wire.SyncFrame):
                 await self._sync(frame)
         except CourierError as exc:
-            self.queue(_error(exc.code, exc.message))
+            self.queue(error_frame(exc.code, exc.message))
 
     async def _sync(self, frame: wire.SyncFrame) -> None:
         after, remaining = frame.after, frame.limit
@@ -300,8 +316,10 @@ class Connection:
         self.queue(wire.encoder.encode(wire.Synced(last, more)))
 
     async def shutdown(self) -> None:
-        self._closed = True
-        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server_shutdown")
+        if not self._closed:
+            self._closed = True
+            self._endpoint.registry.remove(self)
+            await self._link.close_and_wait(GOING_AWAY, "server_shutdown")
 
 
 def _ref_of(data: bytes) -> str | None:
@@ -314,6 +332,8 @@ def _ref_of(data: bytes) -> str | None:
 
 
 class WsEndpoint:
+    """What both fronts share: authentication, opening a connection, and the books."""
+
     def __init__(
         self,
         accounts: Accounts,
@@ -328,34 +348,55 @@ class WsEndpoint:
         self.metrics = metrics
         self.settings = settings
         self.connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        token = request.query.get("token")
-        after = int_param(request, "after", None)
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, ConnectionError):
+            log.error("connection task failed", exc_info=exc)
+
+    async def query_auth(self, token: str | None, after: int | None) -> Session | None:
+        """Checks made before the upgrade (so they can be HTTP errors): a query token, room."""
         if after is not None and after < 0:
             raise CourierError("bad_request", "after must not be negative.", 400)
-        session = None
-        if token is not None:
-            session = await self.accounts.authenticate(token)  # 401 before the upgrade
-            self.registry.ensure_room(session.username)  # 429 before the upgrade
-        ws = web.WebSocketResponse(
-            max_msg_size=self.settings.frame_max_bytes + 1,  # "at most": the limit itself is fine
-            heartbeat=self.settings.heartbeat,
-            compress=False,
-            decode_text=False,
-            timeout=5.0,
-        )
-        await ws.prepare(request)
-        if session is None:
-            session, after = await self._first_frame_auth(ws, after)
-            if session is None:
-                return ws
-        conn = Connection(ws, request, session, self)
+        if token is None:
+            return None
+        session = await self.accounts.authenticate(token)  # 401 before the upgrade
+        self.registry.ensure_room(session.username)  # 429 before the upgrade
+        return session
+
+    async def frame_auth(self, data: bytes, after: int | None) -> tuple[Session, int | None]:
+        """The first frame of a connection without a query token must be `auth`."""
         try:
-            self.registry.add(conn)
-        except CourierError as exc:  # lost a race for the last free slot
-            await self._refuse(ws, exc)
-            return ws
+            frame = wire.frame_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise unauthorized(f"The first frame must be auth: {wire.describe(exc)}") from None
+        if not isinstance(frame, wire.AuthFrame):
+            raise unauthorized("The first frame must be auth.")
+        session = await self.accounts.authenticate(frame.token)
+        self.registry.ensure_room(session.username)
+        return session, frame.after if frame.after is not None else after
+
+    def refused(self, exc: CourierError) -> bytes:
+        """Count a refusal; the error frame to send before closing 1008."""
+        self.metrics.errors.labels(exc.code).inc()
+        return error_frame(exc.code, exc.message)
+
+    async def open(
+        self, link: Link, transport: Any, session: Session, after: int | None
+    ) -> Connection:
+        """Register the connection, say hello, replay what it missed. Raises CourierError
+        when the user lost the race for the last free connection slot."""
+        conn = Connection(link, transport, session, self)
+        self.registry.add(conn)
         self.connections.add(conn)
         self.metrics.connections.inc()
         try:
@@ -363,54 +404,16 @@ class WsEndpoint:
             conn.queue(wire.encoder.encode(wire.Hello(session.username, head)))
             conn.last_seq = head if after is None else min(after, head)
             await conn.catch_up()
-            await self._receive(ws, conn)
-        finally:
-            conn.close(WSCloseCode.GOING_AWAY, "")
+        except BaseException:
+            self.ended(conn)
+            raise
+        return conn
+
+    def ended(self, conn: Connection) -> None:
+        if conn in self.connections:
+            conn.close(GOING_AWAY, "")
             self.connections.discard(conn)
             self.metrics.connections.dec()
-        return ws
-
-    async def _first_frame_auth(
-        self, ws: web.WebSocketResponse, after: int | None
-    ) -> tuple[Session | None, int | None]:
-        try:
-            msg = await ws.receive(timeout=self.settings.auth_timeout)
-        except TimeoutError:
-            await self._refuse(ws, unauthorized("No auth frame arrived in time."))
-            return None, None
-        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-            return None, None
-        try:
-            frame = wire.frame_decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            reason = f"The first frame must be auth: {wire.describe(exc)}"
-            await self._refuse(ws, unauthorized(reason))
-            return None, None
-        if not isinstance(frame, wire.AuthFrame):
-            await self._refuse(ws, unauthorized("The first frame must be auth."))
-            return None, None
-        try:
-            session = await self.accounts.authenticate(frame.token)
-            self.registry.ensure_room(session.username)
-        except CourierError as exc:
-            await self._refuse(ws, exc)
-            return None, None
-        return session, frame.after if frame.after is not None else after
-
-    async def _refuse(self, ws: web.WebSocketResponse, exc: CourierError) -> None:
-        self.metrics.errors.labels(exc.code).inc()
-        with contextlib.suppress(ConnectionError):
-            await ws.send_frame(_error(exc.code, exc.message), WSMsgType.TEXT)
-        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=exc.code.encode())
-
-    async def _receive(self, ws: web.WebSocketResponse, conn: Connection) -> None:
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                await conn.handle(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                conn.queue(_error("bad_frame", "Frames must be JSON text frames, not binary."))
-            elif msg.type == WSMsgType.ERROR:
-                break
 
     async def shutdown(self) -> None:
         closing = [c.shutdown() for c in list(self.connections)]

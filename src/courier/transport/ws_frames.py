@@ -1,5 +1,11 @@
-"""Server-side WebSocket framing (RFC 6455 5.2), so that all frames queued for a connection in
-one loop tick leave in a single write. Servers never mask; Courier never compresses."""
+"""WebSocket framing (RFC 6455 5): frames written by the server, and a strict reader of the
+frames a client sends. Servers never mask; Courier never compresses, so no extension is
+negotiated and every reserved bit must be zero.
+
+Writing: all frames queued for a connection in one loop tick leave in a single write.
+Reading: the reader reassembles fragmented messages, answers nothing itself, and raises
+`FrameError` with the close code the connection must end with.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,149 @@ _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
 _TEXT_FIN = 0x81
 
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_DATA = (TEXT, BINARY)
+_CONTROL = (CLOSE, PING, PONG)
+
+PROTOCOL_ERROR = 1002
+INVALID_DATA = 1007
+MESSAGE_TOO_BIG = 1009
+# Close codes a peer may send (RFC 6455 7.4); 1005, 1006 and 1015 never appear on the wire.
+_PEER_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+
 
 def text_frame(payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        return bytes((_TEXT_FIN, n)) + payload
-    if n < 65536:
-        return _LEN16.pack(_TEXT_FIN, 126, n) + payload
-    return _LEN64.pack(_TEXT_FIN, 127, n) + payload
+    return _frame(_TEXT_FIN, payload)
 
 
 def text_frames(payloads: list[bytes]) -> bytes:
-    return b"".join([text_frame(p) for p in payloads])
+    return b"".join([_frame(_TEXT_FIN, p) for p in payloads])
+
+
+def control_frame(opcode: int, payload: bytes = b"") -> bytes:
+    return _frame(0x80 | opcode, payload[:125])
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    return control_frame(CLOSE, struct.pack("!H", code) + reason.encode()[:123])
+
+
+def _frame(first: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return bytes((first, n)) + payload
+    if n < 65536:
+        return _LEN16.pack(first, 126, n) + payload
+    return _LEN64.pack(first, 127, n) + payload
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    n = len(payload)
+    if not n:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+
+
+def parse_close(payload: bytes) -> tuple[int, str]:
+    """The code and reason of a close frame (1005 when it has no code)."""
+    if not payload:
+        return 1005, ""
+    if len(payload) < 2:
+        raise FrameError(PROTOCOL_ERROR, "close frame with a one-byte payload")
+    code = int.from_bytes(payload[:2], "big")
+    if code not in _PEER_CODES and not 3000 <= code <= 4999:
+        raise FrameError(PROTOCOL_ERROR, "invalid close code")
+    try:
+        return code, payload[2:].decode()
+    except UnicodeDecodeError:
+        raise FrameError(INVALID_DATA, "close reason is not UTF-8") from None
+
+
+class FrameError(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class FrameReader:
+    """Client frames in, whole messages out: (opcode, payload) with the mask removed.
+
+    Control frames come out as they arrive, also between the fragments of a message. A data
+    message longer than `max_size` is refused as soon as its header says so.
+    """
+
+    __slots__ = ("_buf", "_fragments", "_opcode", "_size", "max_size")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buf = b""
+        self._fragments: list[bytes] | None = None
+        self._opcode = 0
+        self._size = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buf = self._buf + data if self._buf else data
+        out: list[tuple[int, bytes]] = []
+        pos, end = 0, len(buf)
+        while end - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            if b0 & 0x70:
+                raise FrameError(PROTOCOL_ERROR, "reserved bits set (no extension was agreed)")
+            if not b1 & 0x80:
+                raise FrameError(PROTOCOL_ERROR, "client frames must be masked")
+            opcode, fin, n, head = b0 & 0x0F, b0 & 0x80, b1 & 0x7F, 6
+            if n == 126:
+                if end - pos < 4:
+                    break
+                n, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 8
+            elif n == 127:
+                if end - pos < 10:
+                    break
+                n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 14
+            self._check(opcode, fin, n)
+            if end - pos < head + n:
+                break
+            payload = unmask(buf[pos + head : pos + head + n], buf[pos + head - 4 : pos + head])
+            pos += head + n
+            message = self._assemble(opcode, fin, payload)
+            if message is not None:
+                out.append(message)
+        self._buf = buf[pos:]
+        return out
+
+    def _check(self, opcode: int, fin: int, n: int) -> None:
+        if opcode in _CONTROL:
+            if not fin or n > 125:
+                raise FrameError(PROTOCOL_ERROR, "control frames must be whole and short")
+            return
+        if opcode == CONTINUATION:
+            if self._fragments is None:
+                raise FrameError(PROTOCOL_ERROR, "continuation without a message")
+            size = self._size + n
+        elif opcode in _DATA:
+            if self._fragments is not None:
+                raise FrameError(PROTOCOL_ERROR, "a new message inside a fragmented one")
+            size = n
+        else:
+            raise FrameError(PROTOCOL_ERROR, f"unknown opcode {opcode}")
+        if size > self.max_size:
+            raise FrameError(MESSAGE_TOO_BIG, "message too big")
+
+    def _assemble(self, opcode: int, fin: int, payload: bytes) -> tuple[int, bytes] | None:
+        if opcode in _CONTROL:
+            return opcode, payload
+        if opcode != CONTINUATION:
+            if fin:
+                return opcode, payload
+            self._opcode, self._fragments, self._size = opcode, [payload], len(payload)
+            return None
+        assert self._fragments is not None
+        self._fragments.append(payload)
+        self._size += len(payload)
+        if not fin:
+            return None
+        message = (self._opcode, b"".join(self._fragments))
+        self._fragments, self._size = None, 0
+        return message

@@ -1,0 +1,49 @@
+"""The one listening port. Each new connection is looked at once: if its first request starts
+`GET /v1/ws` it goes to the lean WebSocket front, otherwise to aiohttp (the HTTP API, long-poll,
+the web app, and WebSocket upgrades on keep-alive connections)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+_PREFIX = b"GET /v1/ws"
+_DECIDE = len(_PREFIX) + 1  # and the byte after the path: " " or "?"
+
+
+class PortSniffer(asyncio.Protocol):
+    __slots__ = ("_buf", "_http", "_transport", "_ws")
+
+    def __init__(
+        self,
+        http: Callable[[], asyncio.BaseProtocol],
+        ws: Callable[[], asyncio.BaseProtocol],
+    ) -> None:
+        self._http = http
+        self._ws = ws
+        self._buf = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data
+        if len(buf) < _DECIDE and _PREFIX.startswith(buf[: len(_PREFIX)]):
+            self._buf = buf  # still could be either
+            return
+        lean = buf.startswith(_PREFIX) and buf[len(_PREFIX) : _DECIDE] in (b" ", b"?")
+        protocol = (self._ws if lean else self._http)()
+        transport = self._transport
+        assert transport is not None
+        self._buf = b""
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        cast(asyncio.Protocol, protocol).data_received(buf)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None

@@ -1,0 +1,334 @@
+"""`/v1/ws` on a lean asyncio protocol: the handshake, the frames, the heartbeat and the close
+of a WebSocket, with no task and no HTTP machinery left behind once it is open.
+
+An idle connection costs its transport, this protocol object and its `Connection` (a few
+KiB, against ~14 KiB for the same connection through aiohttp; docs/performance.md). Frames
+are read by `FrameReader` straight from `data_received` and handed to the connection
+synchronously; frames out go through the connection's per-tick coalescing queue.
+
+One sweeper task serves the heartbeat of every connection: a connection that sent nothing for
+`heartbeat` seconds is pinged, and one that stays silent for half as long again is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import cast
+
+from courier.domain.errors import CourierError, unauthorized
+from courier.transport import ws_handshake
+from courier.transport.http_api import parse_int
+from courier.transport.ws import POLICY_VIOLATION, Connection, WsEndpoint, error_frame
+from courier.transport.ws_frames import (
+    BINARY,
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    FrameError,
+    FrameReader,
+    close_frame,
+    control_frame,
+    parse_close,
+    text_frame,
+)
+
+log = logging.getLogger(__name__)
+
+HEAD, SETUP, OPEN, CLOSING, DONE = range(5)
+CLOSE_WAIT = 5.0  # seconds a closing connection waits for the client's close frame
+
+
+class _Gone(Exception):
+    """The client went away (or closed) before the connection opened."""
+
+
+class LeanWs(asyncio.Protocol):
+    __slots__ = (
+        "_first",
+        "_front",
+        "_gone",
+        "_head",
+        "_inbox",
+        "_reader",
+        "_state",
+        "_timer",
+        "_transport",
+        "conn",
+        "idle",
+    )
+
+    def __init__(self, front: LeanFront) -> None:
+        self._front = front
+        self._transport: asyncio.Transport | None = None
+        self._state = HEAD
+        self._head = b""
+        self._reader = FrameReader(front.endpoint.settings.frame_max_bytes)
+        self._inbox: list[tuple[int, bytes]] | None = None  # messages before the open
+        self._first: asyncio.Future[bytes] | None = None  # the auth frame, when awaited
+        self._timer: asyncio.TimerHandle | None = None
+        self._gone: asyncio.Future[None] | None = None
+        self.conn: Connection | None = None
+        self.idle = 0
+
+    # ---- asyncio protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._front.protocols.add(self)
+        self._arm(self._front.endpoint.settings.auth_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        state = self._state
+        if state == HEAD:
+            self._on_head(data)
+            return
+        if state == DONE:
+            return
+        self.idle = 0
+        try:
+            messages = self._reader.feed(data)
+        except FrameError as exc:
+            self._fail(exc)
+            return
+        for opcode, payload in messages:
+            if self._state == OPEN:
+                self._on_message(opcode, payload)
+            elif opcode == CLOSE:
+                self._on_close(payload)
+            elif self._state == SETUP:
+                self._early(opcode, payload)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state = DONE
+        self._disarm()
+        self._front.protocols.discard(self)
+        if self._first is not None and not self._first.done():
+            self._first.set_exception(_Gone())
+        if self.conn is not None:
+            self._front.endpoint.ended(self.conn)
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
+
+    # ---- the handshake and the opening --------------------------------------------------
+    def _on_head(self, data: bytes) -> None:
+        head = self._head + data
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(head) > ws_handshake.HEAD_MAX:
+                self._refuse_http(CourierError("headers_too_large", "The head is too large.", 431))
+            else:
+                self._head = head
+            return
+        if end > ws_handshake.HEAD_MAX:
+            self._refuse_http(CourierError("headers_too_large", "The head is too large.", 431))
+            return
+        self._head = b""
+        try:
+            upgrade = ws_handshake.parse(head[:end])
+        except CourierError as exc:
+            self._refuse_http(exc)
+            return
+        self._state = SETUP
+        assert self._transport is not None
+        self._transport.pause_reading()
+        rest = head[end + 4 :]
+        if rest:  # frames sent before the 101 arrived: kept for after the open
+            self.data_received(rest)
+        self._front.endpoint.spawn(self._open(upgrade))
+
+    async def _open(self, upgrade: ws_handshake.Upgrade) -> None:
+        endpoint, transport = self._front.endpoint, self._transport
+        assert transport is not None
+        try:
+            after = parse_int(upgrade.query.get("after"), "after", None)
+            session = await endpoint.query_auth(upgrade.query.get("token"), after)
+            key = ws_handshake.key(upgrade)
+        except CourierError as exc:
+            self._refuse_http(exc)
+            return
+        if self._state != SETUP:
+            return
+        transport.write(ws_handshake.accept(key))
+        endpoint.metrics.ws_upgrades.labels("lean").inc()
+        try:
+            if session is None:
+                self._arm(endpoint.settings.auth_timeout)
+                session, after = await endpoint.frame_auth(await self._first_message(), after)
+            self._disarm()
+            if self._state != SETUP:
+                return
+            self.conn = await endpoint.open(self, transport, session, after)
+        except CourierError as exc:
+            if self._state == SETUP:
+                transport.write(text_frame(endpoint.refused(exc)))
+                self.close(POLICY_VIOLATION, exc.code)
+            return
+        except _Gone:
+            return
+        if self._state != SETUP:  # the client left during the replay
+            endpoint.ended(self.conn)
+            return
+        self._state = OPEN
+        inbox, self._inbox = self._inbox or [], None
+        for opcode, payload in inbox:
+            if self._state == OPEN:
+                self._on_message(opcode, payload)
+        if self._state == OPEN:
+            transport.resume_reading()
+
+    def _first_message(self) -> asyncio.Future[bytes]:
+        inbox = self._inbox or []
+        for i, (opcode, payload) in enumerate(inbox):
+            if opcode in (TEXT, BINARY):
+                del inbox[i]
+                done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+                done.set_result(payload)
+                return done
+        self._first = asyncio.get_running_loop().create_future()
+        assert self._transport is not None
+        self._transport.resume_reading()
+        return self._first
+
+    def _early(self, opcode: int, payload: bytes) -> None:
+        """A message before the open: the awaited auth frame, or one kept for later."""
+        first = self._first
+        if first is not None and not first.done() and opcode in (TEXT, BINARY):
+            self._first = None
+            first.set_result(payload)
+        else:
+            if self._inbox is None:
+                self._inbox = []
+            self._inbox.append((opcode, payload))
+        assert self._transport is not None
+        self._transport.pause_reading()
+
+    def _refuse_http(self, exc: CourierError) -> None:
+        self._state = CLOSING
+        self._front.endpoint.metrics.errors.labels(exc.code).inc()
+        assert self._transport is not None
+        self._transport.write(ws_handshake.refusal(exc))
+        self._transport.close()
+
+    # ---- an open connection -------------------------------------------------------------
+    def _on_message(self, opcode: int, payload: bytes) -> None:
+        conn = self.conn
+        assert conn is not None and self._transport is not None
+        if opcode == TEXT:
+            conn.handle(payload)
+        elif opcode == BINARY:
+            conn.queue(error_frame("bad_frame", "Frames must be JSON text frames, not binary."))
+        elif opcode == PING:
+            self._transport.write(control_frame(PONG, payload))
+        elif opcode == CLOSE:
+            self._on_close(payload)
+
+    def _on_close(self, payload: bytes) -> None:
+        """The client closes: answer with its code (RFC 6455 5.5.1) unless we closed first."""
+        try:
+            code, _ = parse_close(payload)
+        except FrameError as exc:
+            self._fail(exc)
+            return
+        transport = self._transport
+        assert transport is not None
+        if self._state != CLOSING:
+            transport.write(close_frame(1000 if code == 1005 else code))
+        self._state = CLOSING
+        transport.close()
+
+    def _fail(self, exc: FrameError) -> None:
+        """A protocol violation: say why, and hang up without reading more."""
+        transport = self._transport
+        assert transport is not None
+        if self._state not in (CLOSING, DONE):
+            transport.write(close_frame(exc.code, exc.reason))
+        self._state = CLOSING
+        transport.close()
+
+    def beat(self) -> None:
+        """One heartbeat tick (every heartbeat / 2 seconds)."""
+        if self._state != OPEN:
+            return
+        self.idle += 1
+        assert self._transport is not None
+        if self.idle == 2:
+            self._transport.write(control_frame(PING))
+        elif self.idle > 2:
+            self._transport.abort()
+
+    # ---- Link: how the connection ends --------------------------------------------------
+    def close(self, code: int, reason: str) -> None:
+        if self._state in (CLOSING, DONE):
+            return
+        self._state = CLOSING
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        transport.write(close_frame(code, reason))
+        transport.resume_reading()  # for the client's close frame
+        self._arm(CLOSE_WAIT)
+
+    async def close_and_wait(self, code: int, reason: str) -> None:
+        if self._state == DONE:
+            return
+        self._gone = asyncio.get_running_loop().create_future()
+        self.close(code, reason)
+        await self._gone
+
+    # ---- timers -------------------------------------------------------------------------
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        first = self._first
+        if self._state == SETUP and first is not None and not first.done():
+            self._first = None
+            first.set_exception(unauthorized("No auth frame arrived in time."))
+        elif self._state in (HEAD, CLOSING) and self._transport is not None:
+            self._transport.abort()
+
+
+class LeanFront:
+    """The protocol factory of the lean front, and the heartbeat of its connections."""
+
+    def __init__(self, endpoint: WsEndpoint) -> None:
+        self.endpoint = endpoint
+        self.protocols: set[LeanWs] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def __call__(self) -> LeanWs:
+        return LeanWs(self)
+
+    def start(self) -> None:
+        if self.endpoint.settings.heartbeat > 0:
+            self._sweeper = asyncio.create_task(self._heartbeats(self.endpoint.settings.heartbeat))
+
+    async def _heartbeats(self, heartbeat: float) -> None:
+        while True:
+            await asyncio.sleep(heartbeat / 2)
+            for proto in list(self.protocols):
+                proto.beat()
+
+    async def stop(self) -> None:
+        """After the endpoint closed its connections: drop what is left (handshakes)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for proto in list(self.protocols):
+            transport = proto._transport
+            if transport is not None:
+                transport.abort()

@@ -10,14 +10,12 @@ Raw = dict[str, float]
 
 
 def parse(text: str) -> Raw:
-    """Unlabelled samples of a Prometheus text page."""
+    """The samples of a Prometheus text page, labelled ones under their full name."""
     values: Raw = {}
     for line in text.splitlines():
         if line.startswith("#") or " " not in line:
             continue
         name, _, value = line.rpartition(" ")
-        if "{" in name:
-            continue
         try:
             values[name] = float(value)
         except ValueError:
@@ -42,6 +40,10 @@ def between(before: Raw | None, after: Raw | None) -> Result | None:
         "store_batch_mean": mean("courier_store_batch_size"),
         "store_commit_ms_mean": mean("courier_store_commit_seconds", 1000.0),
         "send_to_push_ms_mean": mean("courier_send_to_push_seconds", 1000.0),
+        "ws_upgrades": {
+            front: int(diff(f'courier_ws_upgrades_total{{front="{front}"}}'))
+            for front in ("lean", "aiohttp")
+        },
     }
 
 

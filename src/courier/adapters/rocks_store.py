@@ -80,7 +80,11 @@ class RocksStore:
     # ---- lifecycle ----------------------------------------------------------------------
     async def open(self) -> None:
         os.makedirs(self._path, exist_ok=True)
-        self._db = Rdict(self._path, _options(self._cache_mb))
+        opts = _options(self._cache_mb)
+        # Naming the default column family's options is what makes them apply on a reopen:
+        # otherwise an existing store keeps RocksDB's defaults (an 8 MiB block cache, no
+        # bloom filter) and every read gets slower with the store's size.
+        self._db = Rdict(self._path, opts, column_families={"default": opts})
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="courier-store-writer", daemon=True)
         self._thread.start()

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import msgspec
 from rocksdict import (
+    BlockBasedIndexType,
     BlockBasedOptions,
     Cache,
     DBCompressionType,
@@ -50,7 +51,16 @@ def _options(cache_mb: int) -> Options:
     table = BlockBasedOptions()
     table.set_block_cache(Cache(cache_mb * 1024 * 1024))
     table.set_bloom_filter(10, False)
+    # Partitioned index and filters: a table's index and filter are split into small blocks
+    # that live in the block cache like data blocks, with only their top level pinned. A
+    # whole-file index of a large store can outgrow a cache shard and then be reread on
+    # every get (~1 ms each on a 10M-message store, against ~3 us partitioned).
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_metadata_block_size(4096)
     table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_top_level_index_and_filter(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     opts.set_block_based_table_factory(table)
     return opts
 

@@ -204,8 +204,10 @@ class LeanWs(asyncio.Protocol):
             if self._inbox is None:
                 self._inbox = []
             self._inbox.append((opcode, payload))
-        assert self._transport is not None
-        self._transport.pause_reading()
+        transport = self._transport
+        assert transport is not None
+        if not transport.is_closing():
+            transport.pause_reading()
 
     def _refuse_http(self, exc: CourierError) -> None:
         self._state = CLOSING

@@ -163,7 +163,7 @@ class Server:
         loop = asyncio.get_running_loop()
 
         def sniffer() -> PortSniffer:
-            return PortSniffer(http, lean)
+            return PortSniffer(http, lean, s.auth_timeout)
 
         if sock is not None:
             self._listener = await loop.create_server(sniffer, sock=sock, backlog=4096)

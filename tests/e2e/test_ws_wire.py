@@ -231,6 +231,11 @@ async def test_a_handshake_that_stalls_is_dropped(api: Api) -> None:
 
 
 @overrides(auth_timeout=0.5)
+async def test_a_connection_that_says_nothing_is_dropped(api: Api) -> None:
+    assert await raw_exchange(api.base, b"") == b""
+
+
+@overrides(auth_timeout=0.5)
 async def test_an_upgrade_without_an_auth_frame_gets_an_error_then_1008(api: Api) -> None:
     ws = await RawWs.open(api.base, "/v1/ws")
     error = await ws.json()

@@ -151,3 +151,11 @@ def test_server_frames_carry_their_length(payload: bytes) -> None:
 def test_a_close_frame_bounds_its_reason() -> None:
     frame = close_frame(1008, "x" * 300)
     assert frame[0] == 0x80 | CLOSE and frame[1] == 125
+
+
+def test_a_large_frame_fed_one_byte_at_a_time_comes_out_whole() -> None:
+    """Pieces are appended until the frame is complete, not reparsed per piece."""
+    wire = client_frame(TEXT, b"y" * 70_000)
+    reader = FrameReader(max_size=1 << 20)
+    got = [m for i in range(len(wire)) for m in reader.feed(wire[i : i + 1])]
+    assert got == [(TEXT, b"y" * 70_000)]

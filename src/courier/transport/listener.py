@@ -1,6 +1,7 @@
 """The one listening port. Each new connection is looked at once: if its first request starts
 `GET /v1/ws` it goes to the lean WebSocket front, otherwise to aiohttp (the HTTP API, long-poll,
-the web app, and WebSocket upgrades on keep-alive connections)."""
+the web app, and WebSocket upgrades on keep-alive connections). A connection that says nothing
+for `timeout` seconds is dropped before it reaches either."""
 
 from __future__ import annotations
 
@@ -13,20 +14,28 @@ _DECIDE = len(_PREFIX) + 1  # and the byte after the path: " " or "?"
 
 
 class PortSniffer(asyncio.Protocol):
-    __slots__ = ("_buf", "_http", "_transport", "_ws")
+    __slots__ = ("_buf", "_http", "_timeout", "_timer", "_transport", "_ws")
 
     def __init__(
         self,
         http: Callable[[], asyncio.BaseProtocol],
         ws: Callable[[], asyncio.BaseProtocol],
+        timeout: float,
     ) -> None:
         self._http = http
         self._ws = ws
+        self._timeout = timeout
         self._buf = b""
         self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._silent)
+
+    def _silent(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf + data
@@ -38,6 +47,7 @@ class PortSniffer(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         self._buf = b""
+        self._stop_timer()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         cast(asyncio.Protocol, protocol).data_received(buf)
@@ -47,3 +57,9 @@ class PortSniffer(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._stop_timer()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

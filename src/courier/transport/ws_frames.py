@@ -88,21 +88,31 @@ class FrameReader:
     message longer than `max_size` is refused as soon as its header says so.
     """
 
-    __slots__ = ("_buf", "_fragments", "_opcode", "_size", "max_size")
+    __slots__ = ("_buf", "_fragments", "_need", "_opcode", "_size", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._buf = b""
+        self._buf = bytearray()  # the unparsed tail of what arrived
+        self._need = 0  # bytes the tail must reach before parsing can make progress
         self._fragments: list[bytes] | None = None
         self._opcode = 0
         self._size = 0
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buf = self._buf + data if self._buf else data
+        if self._buf:
+            # A frame arriving in many small pieces is appended, not reparsed per piece.
+            self._buf += data
+            if len(self._buf) < self._need:
+                return []
+            data, self._buf = bytes(self._buf), bytearray()
         out: list[tuple[int, bytes]] = []
-        pos, end = 0, len(buf)
-        while end - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1]
+        pos, end = 0, len(data)
+        need = 0
+        while pos < end:
+            if end - pos < 2:
+                need = 2
+                break
+            b0, b1 = data[pos], data[pos + 1]
             if b0 & 0x70:
                 raise FrameError(PROTOCOL_ERROR, "reserved bits set (no extension was agreed)")
             if not b1 & 0x80:
@@ -110,21 +120,26 @@ class FrameReader:
             opcode, fin, n, head = b0 & 0x0F, b0 & 0x80, b1 & 0x7F, 6
             if n == 126:
                 if end - pos < 4:
+                    need = 4
                     break
-                n, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 8
+                n, head = int.from_bytes(data[pos + 2 : pos + 4], "big"), 8
             elif n == 127:
                 if end - pos < 10:
+                    need = 10
                     break
-                n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 14
+                n, head = int.from_bytes(data[pos + 2 : pos + 10], "big"), 14
             self._check(opcode, fin, n)
             if end - pos < head + n:
+                need = head + n
                 break
-            payload = unmask(buf[pos + head : pos + head + n], buf[pos + head - 4 : pos + head])
+            payload = unmask(data[pos + head : pos + head + n], data[pos + head - 4 : pos + head])
             pos += head + n
             message = self._assemble(opcode, fin, payload)
             if message is not None:
                 out.append(message)
-        self._buf = buf[pos:]
+        if pos < end:
+            self._buf = bytearray(data[pos:])
+            self._need = need
         return out
 
     def _check(self, opcode: int, fin: int, n: int) -> None:

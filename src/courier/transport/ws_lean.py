@@ -64,7 +64,7 @@ class LeanWs(asyncio.Protocol):
         self._front = front
         self._transport: asyncio.Transport | None = None
         self._state = HEAD
-        self._head = b""
+        self._head = bytearray()
         self._reader = FrameReader(front.endpoint.settings.frame_max_bytes)
         self._inbox: list[tuple[int, bytes]] | None = None  # messages before the open
         self._first: asyncio.Future[bytes] | None = None  # the auth frame, when awaited
@@ -116,18 +116,20 @@ class LeanWs(asyncio.Protocol):
 
     # ---- the handshake and the opening --------------------------------------------------
     def _on_head(self, data: bytes) -> None:
-        head = self._head + data
-        end = head.find(b"\r\n\r\n")
+        # Appended and searched from where the last piece ended: a head trickling in byte by
+        # byte costs linear time, not quadratic.
+        seen = max(len(self._head) - 3, 0)
+        self._head += data
+        end = self._head.find(b"\r\n\r\n", seen)
         if end < 0:
-            if len(head) > ws_handshake.HEAD_MAX:
+            if len(self._head) > ws_handshake.HEAD_MAX:
                 self._refuse_http(CourierError("headers_too_large", "The head is too large.", 431))
-            else:
-                self._head = head
             return
         if end > ws_handshake.HEAD_MAX:
             self._refuse_http(CourierError("headers_too_large", "The head is too large.", 431))
             return
-        self._head = b""
+        head = bytes(self._head)
+        self._head = bytearray()
         try:
             upgrade = ws_handshake.parse(head[:end])
         except CourierError as exc:

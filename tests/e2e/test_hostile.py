@@ -17,7 +17,15 @@ import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.support import SNAKE, assert_error_shape, connect
+from tests.e2e.support import (
+    SNAKE,
+    RawWs,
+    assert_error_shape,
+    connect,
+    eventually,
+    metric,
+    raw_exchange,
+)
 from tests.helpers import Api, Reply, User, Ws
 
 T = TypeVar("T")
@@ -256,3 +264,81 @@ async def _refused(api: Api, frame: str | bytes) -> None:
         assert code == 1008
     finally:
         await ws.close()
+
+
+WIRE = settings(FUZZ, max_examples=60)
+
+
+async def test_random_bytes_after_the_upgrade_end_cleanly_or_wait(api: Api) -> None:
+    """Whatever bytes follow the handshake, the server answers well-formed frames, closes with
+    a protocol code, or waits for the rest of a frame; it never fails, and keeps no socket."""
+    alice = await api.user()
+    driver = Loop(asyncio.get_running_loop())
+
+    @WIRE
+    @given(
+        data=st.one_of(
+            st.binary(max_size=300),
+            st.builds(  # a plausible header, then anything
+                lambda b0, b1, rest: bytes([b0, b1]) + rest,
+                st.integers(0, 255),
+                st.integers(0, 255),
+                st.binary(max_size=200),
+            ),
+        )
+    )
+    def fuzz(data: bytes) -> None:
+        driver.run(_raw_bytes(api, alice, data))
+
+    await asyncio.to_thread(fuzz)
+    await still_healthy(api)
+
+    async def none_left() -> bool:
+        return await metric(api, "courier_connections") == 0
+
+    await eventually(none_left, timeout=10.0)
+
+
+async def _raw_bytes(api: Api, user: User, data: bytes) -> None:
+    ws = await RawWs.open(api.base, f"/v1/ws?token={user.token}")
+    try:
+        opcode, payload = await ws.frame()
+        assert opcode == 0x1 and json.loads(payload)["type"] == "hello"
+        ws.writer.write(data)
+        while True:
+            try:
+                opcode, payload = await ws.frame(timeout=0.3)
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                return  # waiting for the rest of a frame, or hung up
+            if opcode == 0x8:
+                code = int.from_bytes(payload[:2], "big")
+                assert code in (1000, 1002, 1007, 1008, 1009), code
+                return
+            if opcode == 0x1:
+                check_frame(payload.decode())
+    finally:
+        ws.close()
+
+
+async def test_random_upgrade_heads_get_101_or_a_contract_error(api: Api) -> None:
+    driver = Loop(asyncio.get_running_loop())
+    header = st.text(st.characters(codec="latin-1", exclude_characters="\r\n"), max_size=60)
+
+    @WIRE
+    @given(lines=st.lists(header, max_size=6), query=st.text(max_size=30))
+    def fuzz(lines: list[str], query: str) -> None:
+        head = [f"GET /v1/ws?{quote(query)} HTTP/1.1", *lines]
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        driver.run(_head_answer(api, raw))
+
+    await asyncio.to_thread(fuzz)
+    await still_healthy(api)
+
+
+async def _head_answer(api: Api, raw: bytes) -> None:
+    answer = await raw_exchange(api.base, raw, timeout=15.0)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    assert status < 500, answer
+    if status != 101:
+        assert_error_shape(json.loads(body))

@@ -138,12 +138,10 @@ class LeanWs(asyncio.Protocol):
         self._state = SETUP
         assert self._transport is not None
         self._transport.pause_reading()
-        rest = head[end + 4 :]
-        if rest:  # frames sent before the 101 arrived: kept for after the open
-            self.data_received(rest)
-        self._front.endpoint.spawn(self._open(upgrade))
+        # Bytes after the head are frames sent before the 101: read once the upgrade is agreed.
+        self._front.endpoint.spawn(self._open(upgrade, head[end + 4 :]))
 
-    async def _open(self, upgrade: ws_handshake.Upgrade) -> None:
+    async def _open(self, upgrade: ws_handshake.Upgrade, early: bytes) -> None:
         endpoint, transport = self._front.endpoint, self._transport
         assert transport is not None
         try:
@@ -155,8 +153,12 @@ class LeanWs(asyncio.Protocol):
             return
         if self._state != SETUP:
             return
-        transport.write(ws_handshake.accept(key))
+        self._write(ws_handshake.accept(key))
         endpoint.metrics.ws_upgrades.labels("lean").inc()
+        if early:
+            self.data_received(early)
+            if self._state != SETUP:  # they broke the protocol
+                return
         try:
             if session is None:
                 self._arm(endpoint.settings.auth_timeout)
@@ -167,7 +169,7 @@ class LeanWs(asyncio.Protocol):
             self.conn = await endpoint.open(self, transport, session, after)
         except CourierError as exc:
             if self._state == SETUP:
-                transport.write(text_frame(endpoint.refused(exc)))
+                self._write(text_frame(endpoint.refused(exc)))
                 self.close(POLICY_VIOLATION, exc.code)
             return
         except _Gone:
@@ -212,11 +214,19 @@ class LeanWs(asyncio.Protocol):
             transport.pause_reading()
 
     def _refuse_http(self, exc: CourierError) -> None:
+        if self._state == DONE:  # the client is gone already
+            return
         self._state = CLOSING
         self._front.endpoint.metrics.errors.labels(exc.code).inc()
         assert self._transport is not None
-        self._transport.write(ws_handshake.refusal(exc))
+        self._write(ws_handshake.refusal(exc))
         self._transport.close()
+
+    def _write(self, data: bytes) -> None:
+        """uvloop raises on a write to a closed transport; a late write is simply dropped."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     # ---- an open connection -------------------------------------------------------------
     def _on_message(self, opcode: int, payload: bytes) -> None:
@@ -227,7 +237,7 @@ class LeanWs(asyncio.Protocol):
         elif opcode == BINARY:
             conn.queue(error_frame("bad_frame", "Frames must be JSON text frames, not binary."))
         elif opcode == PING:
-            self._transport.write(control_frame(PONG, payload))
+            self._write(control_frame(PONG, payload))
         elif opcode == CLOSE:
             self._on_close(payload)
 
@@ -241,7 +251,7 @@ class LeanWs(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         if self._state != CLOSING:
-            transport.write(close_frame(1000 if code == 1005 else code))
+            self._write(close_frame(1000 if code == 1005 else code))
         self._state = CLOSING
         transport.close()
 
@@ -250,7 +260,7 @@ class LeanWs(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         if self._state not in (CLOSING, DONE):
-            transport.write(close_frame(exc.code, exc.reason))
+            self._write(close_frame(exc.code, exc.reason))
         self._state = CLOSING
         transport.close()
 
@@ -261,7 +271,7 @@ class LeanWs(asyncio.Protocol):
         self.idle += 1
         assert self._transport is not None
         if self.idle == 2:
-            self._transport.write(control_frame(PING))
+            self._write(control_frame(PING))
         elif self.idle > 2:
             self._transport.abort()
 
@@ -274,7 +284,7 @@ class LeanWs(asyncio.Protocol):
         assert transport is not None
         if transport.is_closing():
             return
-        transport.write(close_frame(code, reason))
+        self._write(close_frame(code, reason))
         transport.resume_reading()  # for the client's close frame
         self._arm(CLOSE_WAIT)
 

@@ -46,7 +46,9 @@ def render(conf: str, nodes: list[str], port: int) -> str:
         f"        server {n.removeprefix('http://')} max_fails=1 fail_timeout=5s;\n" for n in nodes
     )
     conf = re.sub(r"(?m)^\s*server 127\.0\.0\.1:808\d.*\n", "", conf)
-    conf = conf.replace("        keepalive 64;", servers + "        keepalive 64;")
+    hash_line = "        hash $courier_hash_key consistent;\n"
+    assert conf.count(hash_line) == 2  # the HTTP upstream and the WebSocket one
+    conf = conf.replace(hash_line, hash_line + servers)
     conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};")
     return conf.replace("http {", "http {\n    access_log off;", 1)
 
@@ -143,3 +145,26 @@ async def test_one_user_lands_on_one_node(proxy: str, cluster: Cluster) -> None:
         assert sorted(counts)[-1] >= 3 and sum(c >= 3 for c in counts) == 1
         for ws in sockets:
             await ws.close()
+
+
+async def test_websockets_through_nginx_take_the_lean_front(proxy: str, cluster: Cluster) -> None:
+    """Upgrades through nginx, with HTTP requests in between, reach the nodes' lean
+    WebSocket front: none rides a keep-alive connection that carried HTTP before."""
+    async with aiohttp.ClientSession() as http:
+        api = Api(proxy, http)
+        dave = await api.user()
+        for _ in range(4):  # HTTP through nginx between the upgrades fills its keep-alive pool
+            ws = await api.ws(dave, f"u={dave.name}")
+            assert (await ws.recv())["type"] == "hello"
+            await ws.close()
+            assert (await api.call("GET", f"/v1/conversations?u={dave.name}", user=dave)).status
+        fronts = {"lean": 0.0, "aiohttp": 0.0}
+        for node in cluster.nodes:
+            async with http.get(node + "/metrics") as resp:
+                text = await resp.text()
+            for front in fronts:
+                found = re.search(
+                    rf'^courier_ws_upgrades_total{{front="{front}"}} (\S+)$', text, re.M
+                )
+                fronts[front] += float(found.group(1)) if found else 0.0
+        assert fronts["lean"] >= 4 and fronts["aiohttp"] == 0, fronts

@@ -33,6 +33,7 @@ from rocksdict import (
 
 from courier.adapters import rocks_keys as K
 from courier.adapters.rocks_batch import Batch
+from courier.adapters.rocks_wal import WalSync
 from courier.domain.errors import CourierError, store_unavailable
 from courier.domain.ops import Conversation, TokenRecord, UserRecord, WriteOp
 from courier.metrics import Metrics
@@ -129,7 +130,15 @@ class RocksStore:
 
     def _run(self) -> None:
         write_opts = WriteOptions()
-        write_opts.sync = self._sync
+        write_opts.sync = False  # made durable by WalSync, without holding the GIL
+        wal = WalSync(self._path) if self._sync else None
+        try:
+            self._drain(write_opts, wal)
+        finally:
+            if wal is not None:
+                wal.close()
+
+    def _drain(self, write_opts: WriteOptions, wal: WalSync | None) -> None:
         stop = False
         while not stop:
             first = self._queue.get()
@@ -145,9 +154,9 @@ class RocksStore:
                     stop = True
                     break
                 items.append(item)
-            self._commit(items, write_opts)
+            self._commit(items, write_opts, wal)
 
-    def _commit(self, items: list[_Item], write_opts: WriteOptions) -> None:
+    def _commit(self, items: list[_Item], write_opts: WriteOptions, wal: WalSync | None) -> None:
         started = time.perf_counter()
         batch = Batch(self.db, self._known_users)
         results: list[Any] = []
@@ -167,14 +176,24 @@ class RocksStore:
                     "store batch failed; retrying its %d operations one by one", len(items)
                 )
                 for item in items:
-                    self._commit([item], write_opts)
+                    self._commit([item], write_opts, wal)
                 return
             log.exception("store operation failed: %r", items[0][0])
             self._failed = not self._probe()
             results = [store_unavailable()]
         else:
-            self._failed = False
-            self._known_users.update(batch.new_users)
+            try:
+                if wal is not None:
+                    wal.sync()
+            except OSError:
+                # Written but maybe not durable: never written again (that would double it);
+                # every sender hears "unavailable" and retries, answered by dedupe.
+                log.exception("flushing the write-ahead log failed")
+                self._failed = True
+                results = [store_unavailable() for _ in items]
+            else:
+                self._failed = False
+                self._known_users.update(batch.new_users)
         if self._metrics is not None:
             self._metrics.store_batch_size.observe(len(items))
             self._metrics.store_commit_seconds.observe(time.perf_counter() - started)

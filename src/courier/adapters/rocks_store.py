@@ -87,6 +87,7 @@ class RocksStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._known_users: set[str] = set()
         self._failed = False
+        self._wal_broken = False
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -97,6 +98,7 @@ class RocksStore:
         # bloom filter) and every read gets slower with the store's size.
         self._db = Rdict(self._path, opts, column_families={"default": opts})
         self._loop = asyncio.get_running_loop()
+        self._wal_broken = False
         self._thread = threading.Thread(target=self._run, name="courier-store-writer", daemon=True)
         self._thread.start()
 
@@ -157,6 +159,11 @@ class RocksStore:
             self._commit(items, write_opts, wal)
 
     def _commit(self, items: list[_Item], write_opts: WriteOptions, wal: WalSync | None) -> None:
+        if self._wal_broken:
+            assert self._loop is not None
+            refused = [store_unavailable() for _ in items]
+            self._loop.call_soon_threadsafe(_resolve, [fut for _op, fut in items], refused)
+            return
         started = time.perf_counter()
         batch = Batch(self.db, self._known_users)
         results: list[Any] = []
@@ -186,10 +193,12 @@ class RocksStore:
                 if wal is not None:
                     wal.sync()
             except OSError:
-                # Written but maybe not durable: never written again (that would double it);
-                # every sender hears "unavailable" and retries, answered by dedupe.
-                log.exception("flushing the write-ahead log failed")
-                self._failed = True
+                # Written but maybe not durable: never written again (that would double it),
+                # and no later flush is trusted either (a failed fdatasync may have dropped
+                # pages that a later one would not report): the store stops taking writes
+                # until it is reopened, as RocksDB does after a failed sync.
+                log.exception("flushing the write-ahead log failed; refusing writes")
+                self._failed = self._wal_broken = True
                 results = [store_unavailable() for _ in items]
             else:
                 self._failed = False

@@ -245,7 +245,8 @@ async def test_nats_down_at_start_then_up(nats_down: NatsServer, make_node: Node
 
     nats_down.start()
     await eventually(lambda: a.broker.healthy and b.broker.healthy, what="both connected")
-    assert a.backend_up() == 1
+    # The gauge follows in nats-py's reconnected callback, a moment after the connection.
+    await eventually(lambda: a.backend_up() == 1, what="the gauge says up")
     await synced(b)  # the watch made while never connected is now a subscription
     env = Envelope("fred", EVENT, 2, b"after")
     a.broker.publish(env)
@@ -262,7 +263,7 @@ async def test_nats_restart_mid_stream(nats_server: NatsServer, make_node: NodeF
 
     nats_server.stop()
     await eventually(lambda: not a.broker.healthy and not b.broker.healthy, what="outage seen")
-    assert b.backend_up() == 0
+    await eventually(lambda: b.backend_up() == 0, what="the gauge says down")
     for seq in range(2, 12):
         a.broker.publish(Envelope("gina", EVENT, seq, b"during"))  # dropped, counted
     assert a.broker.counters.dropped_disconnected >= 10
@@ -273,7 +274,7 @@ async def test_nats_restart_mid_stream(nats_server: NatsServer, make_node: NodeF
     resyncs = b.resyncs
     nats_server.start()
     await eventually(lambda: a.broker.healthy and b.broker.healthy, what="reconnected")
-    assert b.backend_up() == 1
+    await eventually(lambda: b.backend_up() == 1, what="the gauge says up")
     # What was dropped is in the store: the node's connections are told to catch up.
     await eventually(lambda: b.resyncs > resyncs, what="a resync signal after reconnecting")
     await synced(a, b)

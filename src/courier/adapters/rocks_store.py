@@ -175,6 +175,7 @@ class RocksStore:
                 except CourierError as exc:
                     results.append(exc)
             batch.finish()
+            wrote = len(batch.wb) > 0  # a batch of retries alone writes nothing to flush
             self.db.write(batch.wb, write_opts)
         except Exception:
             if len(items) > 1:
@@ -190,7 +191,7 @@ class RocksStore:
             results = [store_unavailable()]
         else:
             try:
-                if wal is not None:
+                if wal is not None and wrote:
                     wal.sync()
             except OSError:
                 # Written but maybe not durable: never written again (that would double it),

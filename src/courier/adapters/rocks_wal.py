@@ -26,7 +26,9 @@ class WalSync:
         self._size = 0
 
     def sync(self) -> None:
-        """Make everything written so far durable; call after each write, before answering."""
+        """Make everything written so far durable; call after each write that wrote
+        something, before answering (an empty write may leave the WAL as it was, which
+        would send this looking for a newer file)."""
         if self._fd >= 0:
             size = os.fstat(self._fd).st_size
             if size != self._size:

@@ -34,11 +34,15 @@ from courier.service.delivery import EVENTS_LIMIT_MAX, Delivery
 from courier.service.ratelimit import TokenBucket
 from courier.service.registry import Registry
 from courier.transport import wire
-from courier.transport.ws_frames import text_frames
+from courier.transport.ws_frames import (
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    POLICY_VIOLATION,
+    TRY_AGAIN_LATER,
+    text_frames,
+)
 
 log = logging.getLogger(__name__)
-
-GOING_AWAY, POLICY_VIOLATION, INTERNAL_ERROR, TRY_AGAIN_LATER = 1001, 1008, 1011, 1013
 
 HELD_MAX = 10_000  # live events held during a replay before falling back to the store
 DRAIN_STALL = 30.0  # seconds a replay may wait on a reader that takes nothing
@@ -269,6 +273,9 @@ class Connection:
         else:
             self._endpoint.spawn(self._guarded(frame))
 
+    def handle_binary(self) -> None:
+        self.queue(_BINARY_REFUSED)
+
     def _send(self, frame: wire.SendFrame) -> None:
         try:
             answer = self._endpoint.delivery.send(
@@ -320,6 +327,9 @@ class Connection:
             self._closed = True
             self._endpoint.registry.remove(self)
             await self._link.close_and_wait(GOING_AWAY, "server_shutdown")
+
+
+_BINARY_REFUSED = error_frame("bad_frame", "Frames must be JSON text frames, not binary.")
 
 
 def _ref_of(data: bytes) -> str | None:

@@ -11,7 +11,8 @@ from aiohttp import WSMsgType, web
 from courier.domain.errors import CourierError, unauthorized
 from courier.service.accounts import Session
 from courier.transport.http_api import int_param
-from courier.transport.ws import POLICY_VIOLATION, Connection, WsEndpoint, error_frame
+from courier.transport.ws import Connection, WsEndpoint
+from courier.transport.ws_frames import POLICY_VIOLATION
 
 
 class AiohttpLink:
@@ -82,7 +83,7 @@ class AiohttpWs:
             if msg.type == WSMsgType.TEXT:
                 conn.handle(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                conn.queue(error_frame("bad_frame", "Frames must be JSON text frames, not binary."))
+                conn.handle_binary()
             elif msg.type == WSMsgType.ERROR:
                 break
 

@@ -20,11 +20,12 @@ from typing import cast
 from courier.domain.errors import CourierError, unauthorized
 from courier.transport import ws_handshake
 from courier.transport.http_api import parse_int
-from courier.transport.ws import POLICY_VIOLATION, Connection, WsEndpoint, error_frame
+from courier.transport.ws import Connection, WsEndpoint
 from courier.transport.ws_frames import (
     BINARY,
     CLOSE,
     PING,
+    POLICY_VIOLATION,
     PONG,
     TEXT,
     FrameError,
@@ -121,11 +122,9 @@ class LeanWs(asyncio.Protocol):
         seen = max(len(self._head) - 3, 0)
         self._head += data
         end = self._head.find(b"\r\n\r\n", seen)
-        if end < 0:
-            if len(self._head) > ws_handshake.HEAD_MAX:
-                self._refuse_http(CourierError("headers_too_large", "The head is too large.", 431))
-            return
-        if end > ws_handshake.HEAD_MAX:
+        if end < 0 and len(self._head) <= ws_handshake.HEAD_MAX:
+            return  # more to come
+        if end < 0 or end > ws_handshake.HEAD_MAX:
             self._refuse_http(CourierError("headers_too_large", "The head is too large.", 431))
             return
         head = bytes(self._head)
@@ -235,7 +234,7 @@ class LeanWs(asyncio.Protocol):
         if opcode == TEXT:
             conn.handle(payload)
         elif opcode == BINARY:
-            conn.queue(error_frame("bad_frame", "Frames must be JSON text frames, not binary."))
+            conn.handle_binary()
         elif opcode == PING:
             self._write(control_frame(PONG, payload))
         elif opcode == CLOSE:

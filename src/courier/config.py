@@ -45,7 +45,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     login_burst_per_address: int = 20
     login_failure_rate_per_user: float = 0.1
     login_failure_burst_per_user: int = 10
-    # Metrics: their own listener (default loopback only); "" = none. With metrics_token
+    # Metrics: their own listener (default loopback only); "off" = none. With metrics_token
     # set, /metrics is also served on the main port to callers bearing that token.
     metrics_listen: str = "127.0.0.1:9464"
     metrics_token: str = ""
@@ -177,10 +177,10 @@ def _check(s: Settings) -> None:
         parse_networks(s.trusted_proxies)
     except ValueError as exc:
         raise ValueError(f"setting trusted_proxies: {exc}") from None
-    if s.metrics_listen:
+    if s.metrics_listen != "off":
         _host, sep, port = s.metrics_listen.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError("setting metrics_listen must be HOST:PORT (or empty for none)")
+            raise ValueError('setting metrics_listen must be HOST:PORT (or "off" for none)')
     if s.metrics_token and len(s.metrics_token) < 16:
         raise ValueError("setting metrics_token must be at least 16 characters")
     if s.retention_days < 0:

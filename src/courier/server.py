@@ -183,6 +183,7 @@ class Server:
             "max_line_size": 32 * 1024,
             "max_field_size": 32 * 1024,
             "keepalive_timeout": s.http_keepalive_timeout,
+            "lingering_time": 1.0,  # seconds spent reading an unread body before closing
         }
         self._runner = web.AppRunner(app, handler_cancellation=True, **handler_args)
         await self._runner.setup()
@@ -215,7 +216,7 @@ class Server:
                 sniffer, s.host, s.port, backlog=4096, reuse_address=True
             )
         self.port = self._listener.sockets[0].getsockname()[1]
-        if s.metrics_listen:
+        if s.metrics_listen != "off":
             await self._start_metrics(api, s.metrics_listen)
         if s.retention_days > 0:
             self._retention = asyncio.create_task(

@@ -32,6 +32,8 @@ async def test_registering_a_taken_username_is_409(api: Api) -> None:
     [
         "ab",  # too short
         "Alice",  # uppercase
+        "alice\n",  # a trailing newline (re.match with $ would let it through)
+        "alice\r\n",
         "al ice",  # space
         "al!ce",  # bad character
         "_alice",  # must start with a letter or digit

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import pytest
 
 from tests.e2e.support import RawWs
@@ -131,3 +132,33 @@ async def test_sends_waiting_for_the_store_are_capped_per_connection(api: Api) -
     assert refused and all(a["code"] == "too_many_pending_sends" for a in refused), refused
     stored = {e["client_id"] for e in (await api.events(bob, 0, limit=1000)).body["events"]}
     assert stored == {a["client_id"] for a in answers if a["type"] == "sent"}
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"frame_rate": 100.0, "frame_burst": 100}], ids=["rate"]
+)
+async def test_the_keep_alive_front_answers_pings_within_the_frame_rate(api: Api) -> None:
+    """An upgrade on a reused keep-alive connection (aiohttp's front) treats pings alike."""
+    alice = await api.user()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(api.base + "/healthz") as r:
+            await r.read()  # leaves a keep-alive connection for the upgrade to reuse
+        url = api.base.replace("http", "ws", 1) + f"/v1/ws?token={alice.token}"
+        ws = await http.ws_connect(url, autoping=False)
+        assert json.loads((await ws.receive()).data)["type"] == "hello"
+        await ws.ping(b"first")
+        msg = await ws.receive(timeout=5.0)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.PONG, b"first")
+        for _ in range(3000):
+            await ws.ping(b"p")
+        await asyncio.sleep(1.5)
+        await ws.send_str('{"type":"ping"}')
+        pongs = 0
+        while True:
+            msg = await ws.receive(timeout=10.0)
+            if msg.type == aiohttp.WSMsgType.PONG:
+                pongs += 1
+            elif msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["type"] == "pong":
+                break
+        assert 1 <= pongs <= 600, pongs
+        await ws.close()

@@ -39,6 +39,7 @@ from courier.transport import wire
 from courier.transport.ws_frames import (
     GOING_AWAY,
     INTERNAL_ERROR,
+    PING,
     POLICY_VIOLATION,
     TRY_AGAIN_LATER,
     control_frame,
@@ -130,6 +131,10 @@ class Connection:
         if self._frames.take():
             return
         self._queue_framed(control_frame(opcode, payload))
+
+    def heartbeat(self) -> None:
+        """The server's own ping, through the same bounded queue."""
+        self._queue_framed(_PING)
 
     def _queue_framed(self, framed: bytes) -> None:
         if self._closed:
@@ -352,6 +357,7 @@ class Connection:
             await self._link.close_and_wait(GOING_AWAY, "server_shutdown")
 
 
+_PING = control_frame(PING)
 _BINARY_REFUSED = error_frame("bad_frame", "Frames must be JSON text frames, not binary.")
 
 

@@ -33,7 +33,6 @@ from courier.transport.ws_frames import (
     FrameError,
     FrameReader,
     close_frame,
-    control_frame,
     parse_close,
     text_frame,
 )
@@ -281,8 +280,8 @@ class LeanWs(asyncio.Protocol):
             return
         self.idle += 1
         assert self._transport is not None
-        if self.idle == 2:
-            self._write(control_frame(PING))
+        if self.idle == 2 and self.conn is not None:
+            self.conn.heartbeat()
         elif self.idle > 2:
             self._transport.abort()
 

@@ -95,16 +95,7 @@ class Server:
             memory_cost=settings.argon2_memory_kib,
             parallelism=settings.argon2_parallelism,
         )
-        throttle = AuthThrottle(
-            ThrottleSettings(
-                register_rate_per_address=settings.register_rate_per_address,
-                register_burst_per_address=settings.register_burst_per_address,
-                login_rate_per_address=settings.login_rate_per_address,
-                login_burst_per_address=settings.login_burst_per_address,
-                login_failure_rate_per_user=settings.login_failure_rate_per_user,
-                login_failure_burst_per_user=settings.login_failure_burst_per_user,
-            )
-        )
+        throttle = AuthThrottle(ThrottleSettings.of(settings))
         self.accounts = Accounts(self.store, self.broker, hasher, throttle=throttle)
         self.delivery = Delivery(
             self.store,

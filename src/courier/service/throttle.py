@@ -24,14 +24,19 @@ KNOWN_FOR = 30 * 86400.0  # seconds an address stays known after a successful lo
 
 
 class ThrottleSettings(msgspec.Struct, frozen=True):
-    """Rates are per second; a rate of 0 turns that throttle off."""
+    """Rates are per second; a rate of 0 turns that throttle off (defaults: config.py)."""
 
-    register_rate_per_address: float = 0.2
-    register_burst_per_address: int = 10
-    login_rate_per_address: float = 1.0
-    login_burst_per_address: int = 20
-    login_failure_rate_per_user: float = 0.1
-    login_failure_burst_per_user: int = 10
+    register_rate_per_address: float = 0.0
+    register_burst_per_address: int = 1
+    login_rate_per_address: float = 0.0
+    login_burst_per_address: int = 1
+    login_failure_rate_per_user: float = 0.0
+    login_failure_burst_per_user: int = 1
+
+    @classmethod
+    def of(cls, settings: object) -> ThrottleSettings:
+        """The fields of the same names from the server's settings."""
+        return cls(**{name: getattr(settings, name) for name in cls.__struct_fields__})
 
 
 def _limiter(rate: float, burst: int) -> KeyedLimiter | None:
@@ -40,7 +45,7 @@ def _limiter(rate: float, burst: int) -> KeyedLimiter | None:
 
 class AuthThrottle:
     def __init__(self, settings: ThrottleSettings | None = None) -> None:
-        s = settings or ThrottleSettings()
+        s = settings or ThrottleSettings()  # none: no throttling
         self._register = _limiter(s.register_rate_per_address, s.register_burst_per_address)
         self._login = _limiter(s.login_rate_per_address, s.login_burst_per_address)
         self._failures = _limiter(s.login_failure_rate_per_user, s.login_failure_burst_per_user)

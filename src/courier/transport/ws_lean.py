@@ -88,11 +88,11 @@ class LeanWs(asyncio.Protocol):
         if state == DONE:
             return
         self.idle = 0
+        failure = None
         try:
             messages = self._reader.feed(data)
-        except FrameError as exc:
-            self._fail(exc)
-            return
+        except FrameError as exc:  # what came before the violation is still handled
+            messages, failure = exc.messages, exc
         for opcode, payload in messages:
             if self._state == OPEN:
                 self._on_message(opcode, payload)
@@ -100,6 +100,8 @@ class LeanWs(asyncio.Protocol):
                 self._on_close(payload)
             elif self._state == SETUP:
                 self._early(opcode, payload)
+        if failure is not None:
+            self._fail(failure)
 
     def eof_received(self) -> bool:
         return False  # the transport closes itself

@@ -217,6 +217,22 @@ async def test_bytes_after_a_close_frame_are_not_read(api: Api) -> None:
     ws.close()
 
 
+@overrides(frame_max_bytes=1000)
+async def test_a_client_still_sending_after_a_violation_gets_the_close_frame(api: Api) -> None:
+    """The server reads on (and drops) what follows a violation until the client closes: a
+    socket closed with bytes unread is reset, and the reset can lose the close frame."""
+    ws = await opened(api, await api.user())
+    head = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", 300_000) + b"mask"
+    ws.writer.write(head)
+    await asyncio.sleep(0.05)  # the server has failed the connection by now
+    for _ in range(20):
+        ws.writer.write(b"\x00" * 16_384)
+        await ws.writer.drain()  # a reset would raise here
+        await asyncio.sleep(0.005)
+    assert await ended(ws) == 1009
+    ws.close()
+
+
 # ---- the handshake -------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("headers", "status", "code"),

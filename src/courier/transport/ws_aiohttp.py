@@ -13,7 +13,7 @@ from courier.domain.errors import CourierError, unauthorized
 from courier.service.accounts import Session
 from courier.transport.http_api import int_param
 from courier.transport.ws import Connection, WsEndpoint
-from courier.transport.ws_frames import POLICY_VIOLATION, PONG
+from courier.transport.ws_frames import INVALID_DATA, POLICY_VIOLATION, PONG, utf8
 
 
 class AiohttpLink:
@@ -86,6 +86,9 @@ class AiohttpWs:
     async def _receive(self, ws: web.WebSocketResponse, conn: Connection) -> None:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
+                if not utf8(msg.data):  # RFC 6455 8.1 (aiohttp checks only with decode_text)
+                    await ws.close(code=INVALID_DATA, message=b"text message is not UTF-8")
+                    break
                 conn.handle(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 conn.handle_binary()

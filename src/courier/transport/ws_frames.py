@@ -206,8 +206,17 @@ class FrameReader:
         return self._opcode, whole
 
 
-def _check_utf8(payload: bytes) -> None:
+def utf8(payload: bytes) -> bool:
+    """RFC 6455 8.1: a text message must be UTF-8 (ASCII needs no decoding to tell)."""
+    if payload.isascii():
+        return True
     try:
         payload.decode()
     except UnicodeDecodeError:
-        raise FrameError(INVALID_DATA, "text message is not UTF-8") from None
+        return False
+    return True
+
+
+def _check_utf8(payload: bytes) -> None:
+    if not utf8(payload):
+        raise FrameError(INVALID_DATA, "text message is not UTF-8")

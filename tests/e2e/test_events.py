@@ -164,12 +164,30 @@ async def test_wait_above_60_is_served_not_refused(api: Api) -> None:
         "wait=-1",
         "wait=abc",
         "wait=nan",
+        # Numbers as JSON writes them, in ASCII digits: not what Python's int() also reads.
+        "after=%205",
+        "after=1_0",
+        "after=%D9%A3",
+        "after=" + "9" * 30,
+        "limit=1_000",
+        "limit=1.0",
+        "wait=inf",
+        "wait=1_0",
+        "wait=0x10",
     ],
 )
 async def test_bad_parameters_are_400(api: Api, query: str) -> None:
     bob = await api.user()
     r = await api.call("GET", f"/v1/events?{query}", user=bob)
     assert_error(r, 400, "bad_request")
+
+
+async def test_a_limit_of_any_size_is_served_as_the_cap(api: Api) -> None:
+    alice, bob = await api.user(), await api.user()
+    await api.send(alice, bob.name, "one", "c1")
+    for limit in ("1001", "9" * 40, "%2B5"):
+        r = await api.events(bob, 0, limit=limit)
+        assert r.status == 200 and [e["seq"] for e in r.body["events"]] == [1], limit
 
 
 async def test_events_is_get_only(api: Api) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -71,16 +72,34 @@ def int_param(request: web.Request, name: str, default: int | None) -> int | Non
     return parse_int(request.query.get(name), name, default)
 
 
+# Query numbers as JSON writes them, in ASCII: Python's int() and float() would also take
+# " 5", "1_0", "٣" and "inf", which no description of an integer or a number allows.
+_INT = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def parse_int(raw: str | None, name: str, default: int | None) -> int | None:
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"{name} must be an integer.") from None
-    if not -(2**62) <= value <= 2**62:
+    if not _INT.fullmatch(raw):
+        raise bad_request(f"{name} must be an integer.")
+    # Bounded before int(): a number of thousands of digits is refused, not converted.
+    if len(raw.lstrip("+-").lstrip("0")) > 19 or not -(2**62) <= (value := int(raw)) <= 2**62:
         raise bad_request(f"{name} is out of range.")
     return value
+
+
+def limit_param(request: web.Request, default: int) -> int:
+    """`limit` has no upper bound on the wire: any value above the cap is served as the cap
+    (the service clamps), however many digits it has."""
+    raw = request.query.get("limit")
+    if raw is None or raw == "":
+        return default
+    if not _INT.fullmatch(raw):
+        raise bad_request("limit must be an integer.")
+    digits = raw.lstrip("+-").lstrip("0")
+    value = int(digits or "0") if len(digits) <= 18 else 10**18
+    return -value if raw.startswith("-") else value
 
 
 def bearer(request: web.Request) -> str | None:
@@ -186,7 +205,7 @@ class HttpApi:
     async def events(self, request: web.Request) -> web.Response:
         session = await self.session(request)
         after = int_param(request, "after", 0) or 0
-        limit = int_param(request, "limit", EVENTS_LIMIT_DEFAULT) or 0
+        limit = limit_param(request, EVENTS_LIMIT_DEFAULT)
         wait = _wait_param(request, self.longpoll_max_wait)
         rows, more = await self.delivery.events(session, after, limit)
         if not rows and wait > 0:
@@ -221,14 +240,14 @@ class HttpApi:
 
     async def conversations(self, request: web.Request) -> web.Response:
         session = await self.session(request)
-        limit = int_param(request, "limit", HISTORY_LIMIT_DEFAULT) or 0
+        limit = limit_param(request, HISTORY_LIMIT_DEFAULT)
         return raw_json(conversations_body(await self.delivery.conversations(session, limit)))
 
     async def history(self, request: web.Request) -> web.Response:
         session = await self.session(request)
         peer = request.match_info["peer"]
         before = int_param(request, "before", None)
-        limit = int_param(request, "limit", HISTORY_LIMIT_DEFAULT) or 0
+        limit = limit_param(request, HISTORY_LIMIT_DEFAULT)
         rows, next_before = await self.delivery.history(session, peer, before, limit)
         cursor = b"null" if next_before is None else b"%d" % next_before
         messages = b",".join(data for _seq, data in rows)
@@ -269,10 +288,9 @@ def _wait_param(request: web.Request, cap: float) -> float:
     raw = request.query.get("wait")
     if raw is None or raw == "":
         return 0.0
-    try:
-        wait = float(raw)
-    except ValueError:
-        raise bad_request("wait must be a number of seconds.") from None
-    if not wait >= 0:  # also rejects NaN
-        raise CourierError("bad_request", "wait must be between 0 and 60 seconds.", 400)
+    if not _NUMBER.fullmatch(raw):
+        raise bad_request("wait must be a number of seconds.")
+    wait = float(raw)  # a huge one is inf: served as the cap, like any value above it
+    if wait < 0:
+        raise bad_request("wait must not be negative.")
     return min(wait, cap)

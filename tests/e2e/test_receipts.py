@@ -127,6 +127,19 @@ async def test_ack_and_read_beyond_the_head_are_400(api: Api) -> None:
     assert await receipts(api, alice) == []
 
 
+async def test_a_seq_written_as_a_whole_float_is_that_integer(api: Api) -> None:
+    """JSON Schema (and so the OpenAPI description) counts 4.0 as the integer 4."""
+    alice, bob, _ = await setup_offset(api)
+    assert await ack(api, bob, 4.0) == 204
+    assert await read(api, bob, alice.name, 5.0) == 204
+    assert [(r["status"], r["up_to"]) for r in await receipts(api, alice)] == [
+        ("delivered", 2),
+        ("read", 3),
+    ]
+    r = await api.call("POST", "/v1/ack", user=bob, json_body={"seq": 4.5})
+    assert_error(r, 400, "bad_request")
+
+
 async def test_bad_ack_and_read_bodies_are_400(api: Api) -> None:
     alice, bob, _ = await setup_offset(api)
     acks: list[Any] = [{"seq": -1}, {"seq": "3"}, {"seq": 1.5}, {}, {"seq": None}, [3]]

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from courier.domain.names import USERNAME_PATTERN
+from courier.transport.wire_seq import Seq, whole
 
 T = TypeVar("T")
 
@@ -21,7 +22,6 @@ Username = Annotated[str, msgspec.Meta(pattern=USERNAME_PATTERN)]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
 AnyName = Annotated[str, msgspec.Meta(max_length=64)]  # checked by the service (404, not 400)
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Seq = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 Body = str  # its bound is configurable, so the service checks it
 
 
@@ -44,16 +44,26 @@ class SendBody(msgspec.Struct):
 class AckBody(msgspec.Struct):
     seq: Seq
 
+    def __post_init__(self) -> None:
+        self.seq = whole(self.seq, "seq")
+
 
 class ReadBody(msgspec.Struct):
     peer: AnyName
     seq: Seq
+
+    def __post_init__(self) -> None:
+        self.seq = whole(self.seq, "seq")
 
 
 # ---- WebSocket frames, client to server (tagged by "type") ----------------------------------
 class AuthFrame(msgspec.Struct, tag="auth", tag_field="type"):
     token: Annotated[str, msgspec.Meta(max_length=256)]
     after: Seq | None = None
+
+    def __post_init__(self) -> None:
+        if self.after is not None:
+            self.after = whole(self.after, "after")
 
 
 class SendFrame(msgspec.Struct, tag="send", tag_field="type"):
@@ -65,15 +75,24 @@ class SendFrame(msgspec.Struct, tag="send", tag_field="type"):
 class AckFrame(msgspec.Struct, tag="ack", tag_field="type"):
     seq: Seq
 
+    def __post_init__(self) -> None:
+        self.seq = whole(self.seq, "seq")
+
 
 class ReadFrame(msgspec.Struct, tag="read", tag_field="type"):
     peer: AnyName
     seq: Seq
 
+    def __post_init__(self) -> None:
+        self.seq = whole(self.seq, "seq")
+
 
 class SyncFrame(msgspec.Struct, tag="sync", tag_field="type"):
     after: Seq = 0
     limit: Annotated[int, msgspec.Meta(ge=1)] = 100
+
+    def __post_init__(self) -> None:
+        self.after = whole(self.after, "after")
 
 
 class TypingFrame(msgspec.Struct, tag="typing", tag_field="type"):

@@ -61,6 +61,10 @@ class Delivery:
         self._typing_limit = KeyedLimiter(typing_rate, typing_burst)
         self._ids = IdGenerator()
 
+    @property
+    def body_max_chars(self) -> int:
+        return self._body_max
+
     # ---- send ---------------------------------------------------------------------------
     def send(
         self, session: Session, to: str, body: str, client_id: str, *, skip: str = ""

@@ -12,7 +12,7 @@ from courier.domain.errors import CourierError
 from courier.transport.errors import error_middleware
 from courier.transport.http_api import HttpApi
 from courier.transport.http_guard import SECURITY_HEADERS, guard_middleware
-from courier.transport.openapi import build_openapi
+from courier.transport.openapi import Limits, build_openapi
 from courier.transport.ws import WsEndpoint
 from courier.transport.ws_aiohttp import AiohttpWs
 
@@ -31,7 +31,12 @@ def build_app(api: HttpApi, ws: WsEndpoint, request_max_bytes: int) -> web.Appli
     app.on_response_prepare.append(_secure_headers)
     app.add_routes(api.routes())
     app.router.add_get("/v1/ws", AiohttpWs(ws).handle)
-    openapi = msgspec.json.encode(build_openapi())
+    limits = Limits(
+        body_max_chars=api.delivery.body_max_chars,
+        request_max_bytes=request_max_bytes,
+        longpoll_max_wait=api.longpoll_max_wait,
+    )
+    openapi = msgspec.json.encode(build_openapi(limits))
 
     async def openapi_json(request: web.Request) -> web.Response:
         return web.Response(body=openapi, content_type="application/json")

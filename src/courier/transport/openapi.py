@@ -1,7 +1,11 @@
 """OpenAPI 3.1 description of the HTTP API, served at /openapi.json.
 
 Request schemas are generated from the same msgspec Structs that validate the bodies, so the
-description cannot drift from what the server accepts.
+description cannot drift from what the server accepts. The bounds that are settings (body
+length, request size, long-poll cap) come from the running server's values, and every answer
+a route can give is listed, so a generic client or a contract tester (Schemathesis) can hold
+the server to it. Links chain the calls as a client makes them: register, log in, then use
+the token.
 """
 
 from __future__ import annotations
@@ -11,39 +15,71 @@ from typing import Any
 import msgspec
 
 from courier import __version__
+from courier.service.delivery import (
+    EVENTS_LIMIT_DEFAULT,
+    EVENTS_LIMIT_MAX,
+    HISTORY_LIMIT_DEFAULT,
+    HISTORY_LIMIT_MAX,
+)
 from courier.transport import wire
+from courier.transport.wire_seq import SEQ_MAX  # also the bound of a seq cursor in a query
 
 _REF = "#/components/schemas/{name}"
+JSON = "application/json"
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """The settings the description depends on (defaults: PROTOCOL.md's)."""
+
+    body_max_chars: int = 4096
+    request_max_bytes: int = 64 * 1024
+    longpoll_max_wait: float = 60.0
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": schema}}}
+    return {"content": {JSON: {"schema": schema}}}
 
 
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": _REF.format(name=name)}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, **_json(_ref("Error"))}
+def _header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "required": True, "schema": schema}
 
 
-def _q(name: str, kind: str, description: str, **extra: Any) -> dict[str, Any]:
+def _error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description, **_json(_ref("Error"))}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {
         "name": name,
         "in": "query",
         "required": False,
         "description": description,
-        "schema": {"type": kind, **extra},
+        "schema": schema,
     }
 
+
+def _bearer(token: str) -> dict[str, str]:
+    """Link parameters that authenticate the next call with a token from a login answer."""
+    return {"header.Authorization": "Bearer {" + token + "}"}
+
+
+_SEQ = {"type": "integer", "minimum": 0, "maximum": SEQ_MAX}
+_RETRY_AFTER = _header("Seconds to wait before trying again.", {"type": "integer", "minimum": 1})
+_WWW_AUTHENTICATE = _header("Always `Bearer`.", {"type": "string", "const": "Bearer"})
 
 _EVENT = {
     "type": "object",
     "description": "A timeline event: a message or a receipt.",
     "required": ["seq", "type"],
     "properties": {
-        "seq": {"type": "integer"},
+        "seq": {"type": "integer", "minimum": 1},
         "type": {"enum": ["message", "receipt"]},
         "id": {"type": "string"},
         "from": {"type": "string"},
@@ -63,7 +99,10 @@ _ERROR = {
         "error": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+                "message": {"type": "string"},
+            },
         }
     },
 }
@@ -72,254 +111,432 @@ _SENT = {
     "required": ["id", "seq", "ts", "client_id"],
     "properties": {
         "id": {"type": "string"},
-        "seq": {"type": "integer"},
+        "seq": {"type": "integer", "minimum": 1},
         "ts": {"type": "integer"},
         "client_id": {"type": "string"},
     },
 }
-_AUTH_ERRORS = {"401": _error("No token, or an invalid or revoked one.")}
+_HEALTH = {
+    "type": "object",
+    "required": ["status", "store"],
+    "properties": {
+        "status": {"enum": ["ok", "degraded", "down"]},
+        "store": {"type": "boolean"},
+        "broker": {"type": "boolean"},
+        "cache": {"type": "boolean"},
+    },
+}
+_USER = {
+    "type": "object",
+    "required": ["username"],
+    "properties": {"username": {"type": "string"}},
+}
+_TOKEN = {
+    "type": "object",
+    "required": ["token", "username"],
+    "properties": {"token": {"type": "string"}, "username": {"type": "string"}},
+}
+_EVENTS = {
+    "type": "object",
+    "required": ["events", "last_seq", "more"],
+    "properties": {
+        "events": {"type": "array", "items": _ref("Event")},
+        "last_seq": {"type": "integer", "minimum": 0},
+        "more": {"type": "boolean"},
+    },
+}
+_CONVERSATIONS = {
+    "type": "object",
+    "required": ["conversations"],
+    "properties": {
+        "conversations": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["peer", "last", "unread"],
+                "properties": {
+                    "peer": {"type": "string"},
+                    "last": _ref("Event"),
+                    "unread": {"type": "integer", "minimum": 0},
+                },
+            },
+        }
+    },
+}
+_HISTORY = {
+    "type": "object",
+    "required": ["messages", "next_before"],
+    "properties": {
+        "messages": {"type": "array", "items": _ref("Event")},
+        "next_before": {"type": ["integer", "null"], "minimum": 1},
+    },
+}
+
+_UNAUTHORIZED = _error(
+    "`unauthorized`: no bearer token, or an invalid or revoked one.",
+    **{"WWW-Authenticate": _WWW_AUTHENTICATE},
+)
+_STORE_DOWN = _error("`store_unavailable`: the message store is down; retry.")
+_RATE_LIMITED = _error(
+    "`rate_limited`: too many requests; retry after `Retry-After` seconds.",
+    **{"Retry-After": _RETRY_AFTER},
+)
+_TOO_MANY_CONNECTIONS = _error(
+    "`too_many_connections`: the user already holds the most live connections allowed."
+)
+_BAD_QUERY = _error("`bad_request`: a query parameter is not an integer or is out of range.")
 
 
-def build_openapi() -> dict[str, Any]:
+def _body_errors(limits: Limits) -> dict[str, Any]:
+    """The answers every operation with a JSON request body can give about the body itself."""
+    return {
+        "400": _error(
+            "`bad_request`: the body is not JSON, or a field is missing, of the wrong type or"
+            " out of its bounds."
+        ),
+        "413": _error(
+            f"`payload_too_large`: the request body is over {limits.request_max_bytes} bytes."
+        ),
+        "415": _error("`unsupported_media_type`: the body is not sent as `application/json`."),
+    }
+
+
+def _body(name: str) -> dict[str, Any]:
+    return {"required": True, **_json(_ref(name))}
+
+
+def _components(limits: Limits) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [wire.Credentials, wire.LoginBody, wire.SendBody, wire.AckBody, wire.ReadBody],
         ref_template=_REF,
     )
+    # The bound of `body` is a setting, so the service checks it rather than the Struct.
+    components["SendBody"]["properties"]["body"].update(
+        minLength=1, maxLength=limits.body_max_chars
+    )
     components.update({"Event": _EVENT, "Error": _ERROR, "Sent": _SENT})
+    return components
+
+
+def _ws_headers() -> list[dict[str, Any]]:
+    """The headers of a WebSocket opening handshake (RFC 6455 4.1)."""
+
+    def header(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"name": name, "in": "header", "required": True, "schema": schema}
+
+    return [
+        header("Upgrade", {"type": "string", "enum": ["websocket"]}),
+        header("Connection", {"type": "string", "enum": ["Upgrade"]}),
+        header("Sec-WebSocket-Version", {"type": "string", "enum": ["13"]}),
+        # 16 random bytes in base64.
+        header("Sec-WebSocket-Key", {"type": "string", "pattern": "^[A-Za-z0-9+/]{22}==$"}),
+    ]
+
+
+def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
+    limits = limits or Limits()
+    cap = f"{limits.longpoll_max_wait:g}"
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    limit_events = _q(
+        "limit",
+        {"type": "integer", "minimum": 1, "default": EVENTS_LIMIT_DEFAULT},
+        f"At most this many events; a value above {EVENTS_LIMIT_MAX} is served as"
+        f" {EVENTS_LIMIT_MAX}.",
+    )
+    limit_history = _q(
+        "limit",
+        {"type": "integer", "minimum": 1, "default": HISTORY_LIMIT_DEFAULT},
+        f"At most this many; a value above {HISTORY_LIMIT_MAX} is served as {HISTORY_LIMIT_MAX}.",
+    )
     paths: dict[str, Any] = {
         "/v1/users": {
             "post": {
+                "operationId": "register",
                 "summary": "Register a user",
                 "security": [],
-                "requestBody": {"required": True, **_json(_ref("Credentials"))},
+                "requestBody": _body("Credentials"),
                 "responses": {
                     "201": {
-                        "description": "Created",
-                        **_json({"type": "object", "properties": {"username": {"type": "string"}}}),
+                        "description": "Registered",
+                        **_json(_USER),
+                        "links": {
+                            "LogIn": {
+                                "operationId": "login",
+                                "requestBody": {
+                                    "username": "$request.body#/username",
+                                    "password": "$request.body#/password",
+                                },
+                            },
+                            "SendToThem": {
+                                "operationId": "send",
+                                "requestBody": {"to": "$response.body#/username"},
+                            },
+                            "ConversationWithThem": {
+                                "operationId": "history",
+                                "parameters": {"path.peer": "$response.body#/username"},
+                            },
+                        },
                     },
-                    "400": _error("Invalid username or password."),
-                    "409": _error("username_taken"),
+                    **_body_errors(limits),
+                    "409": _error("`username_taken`"),
+                    "429": _RATE_LIMITED,
+                    "503": _STORE_DOWN,
                 },
             }
         },
         "/v1/sessions": {
             "post": {
+                "operationId": "login",
                 "summary": "Log in: returns a bearer token",
                 "security": [],
-                "requestBody": {"required": True, **_json(_ref("LoginBody"))},
+                "requestBody": _body("LoginBody"),
                 "responses": {
                     "201": {
                         "description": "Logged in",
-                        **_json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "token": {"type": "string"},
-                                    "username": {"type": "string"},
-                                },
-                            }
-                        ),
+                        **_json(_TOKEN),
+                        "links": {
+                            "Events": {
+                                "operationId": "events",
+                                "parameters": _bearer("$response.body#/token"),
+                            },
+                            "Conversations": {
+                                "operationId": "conversations",
+                                "parameters": _bearer("$response.body#/token"),
+                            },
+                            "LogOut": {
+                                "operationId": "logout",
+                                "parameters": _bearer("$response.body#/token"),
+                            },
+                        },
                     },
-                    "401": _error("invalid_credentials"),
+                    **_body_errors(limits),
+                    "401": _error("`invalid_credentials`: no such user, or a wrong password."),
+                    "429": _RATE_LIMITED,
+                    "503": _STORE_DOWN,
                 },
             }
         },
         "/v1/sessions/current": {
             "delete": {
+                "operationId": "logout",
                 "summary": "Log out: the token stops working everywhere",
                 "security": secured,
-                "responses": {"204": {"description": "Logged out"}, **_AUTH_ERRORS},
+                "responses": {
+                    "204": {"description": "Logged out"},
+                    "401": _UNAUTHORIZED,
+                    "503": _STORE_DOWN,
+                },
             }
         },
         "/v1/messages": {
             "post": {
+                "operationId": "send",
                 "summary": "Send a message; answered once it is durably stored",
                 "security": secured,
-                "requestBody": {"required": True, **_json(_ref("SendBody"))},
+                "requestBody": _body("SendBody"),
                 "responses": {
-                    "201": {"description": "Stored", **_json(_ref("Sent"))},
+                    "201": {
+                        "description": "Stored",
+                        **_json(_ref("Sent")),
+                        "links": _sent_links(),
+                    },
                     "200": {
                         "description": "A retry of the same client_id: the original answer",
                         **_json(_ref("Sent")),
+                        "links": _sent_links(),
                     },
-                    "400": _error("Invalid body."),
-                    "404": _error("unknown_user"),
-                    "413": _error("body_too_long"),
-                    "429": _error("rate_limited"),
-                    **_AUTH_ERRORS,
+                    **_body_errors(limits),
+                    "400": _error(
+                        "`bad_request`: the body is not JSON, or a field is missing, of the wrong"
+                        " type or out of its bounds; or `to` is the sender."
+                    ),
+                    "401": _UNAUTHORIZED,
+                    "404": _error("`unknown_user`: there is no user named `to`."),
+                    "413": _error(
+                        f"`body_too_long`: `body` is over {limits.body_max_chars} characters;"
+                        " or `payload_too_large`: the request body is over"
+                        f" {limits.request_max_bytes} bytes."
+                    ),
+                    "429": _RATE_LIMITED,
+                    "503": _STORE_DOWN,
                 },
             }
         },
         "/v1/events": {
             "get": {
+                "operationId": "events",
                 "summary": "Pull (wait=0) or long-poll (wait>0) the events after a seq",
                 "security": secured,
                 "parameters": [
-                    _q("after", "integer", "Events with seq > after.", minimum=0, default=0),
+                    _q("after", {**_SEQ, "default": 0}, "Events with seq > after."),
                     _q(
                         "wait",
-                        "number",
-                        "Seconds to hold the request; capped at 60.",
-                        minimum=0,
-                        maximum=60,
-                        default=0,
+                        {"type": "number", "minimum": 0, "default": 0},
+                        "Seconds to hold the request while there is nothing to answer (0: answer"
+                        f" at once); a value above {cap} is served as {cap}.",
                     ),
-                    _q(
-                        "limit",
-                        "integer",
-                        "At most this many; capped at 1000.",
-                        minimum=1,
-                        default=100,
-                    ),
+                    limit_events,
                 ],
                 "responses": {
                     "200": {
                         "description": "Events, oldest first",
-                        **_json(
-                            {
-                                "type": "object",
-                                "required": ["events", "last_seq", "more"],
-                                "properties": {
-                                    "events": {"type": "array", "items": _ref("Event")},
-                                    "last_seq": {"type": "integer"},
-                                    "more": {"type": "boolean"},
-                                },
+                        **_json(_EVENTS),
+                        "links": {
+                            "Next": {
+                                "operationId": "events",
+                                "parameters": {"query.after": "$response.body#/last_seq"},
                             }
-                        ),
+                        },
                     },
-                    "400": _error("Invalid parameter."),
-                    "429": _error("too_many_connections"),
-                    **_AUTH_ERRORS,
+                    "400": _BAD_QUERY,
+                    "401": _UNAUTHORIZED,
+                    "429": _TOO_MANY_CONNECTIONS,
+                    "503": _STORE_DOWN,
                 },
             }
         },
         "/v1/ack": {
             "post": {
+                "operationId": "ack",
                 "summary": "Cumulative delivered-ack of this device",
                 "security": secured,
-                "requestBody": {"required": True, **_json(_ref("AckBody"))},
+                "requestBody": _body("AckBody"),
                 "responses": {
                     "204": {"description": "Acknowledged"},
-                    "400": _error("Invalid seq."),
-                    **_AUTH_ERRORS,
+                    **_body_errors(limits),
+                    "400": _error(
+                        "`bad_request`: the body is not JSON, or `seq` is missing or not an"
+                        " integer in range; or `seq` is beyond the head of the caller's timeline."
+                    ),
+                    "401": _UNAUTHORIZED,
+                    "503": _STORE_DOWN,
                 },
             }
         },
         "/v1/read": {
             "post": {
+                "operationId": "read",
                 "summary": "Messages from peer up to seq are read",
                 "security": secured,
-                "requestBody": {"required": True, **_json(_ref("ReadBody"))},
+                "requestBody": _body("ReadBody"),
                 "responses": {
                     "204": {"description": "Marked read"},
-                    "400": _error("Invalid seq."),
-                    "404": _error("unknown_user"),
-                    **_AUTH_ERRORS,
+                    **_body_errors(limits),
+                    "400": _error(
+                        "`bad_request`: the body is not JSON, or a field is missing, of the wrong"
+                        " type or out of its bounds; or `seq` is beyond the head of the caller's"
+                        " timeline."
+                    ),
+                    "401": _UNAUTHORIZED,
+                    "404": _error("`unknown_user`: there is no user named `peer`."),
+                    "503": _STORE_DOWN,
                 },
             }
         },
         "/v1/conversations": {
             "get": {
+                "operationId": "conversations",
                 "summary": "Conversations, most recent first, with unread counts",
                 "security": secured,
-                "parameters": [
-                    _q(
-                        "limit",
-                        "integer",
-                        "At most this many; capped at 200.",
-                        minimum=1,
-                        default=50,
-                    )
-                ],
+                "parameters": [limit_history],
                 "responses": {
-                    "200": {
-                        "description": "Conversations",
-                        **_json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "conversations": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "object",
-                                            "properties": {
-                                                "peer": {"type": "string"},
-                                                "last": _ref("Event"),
-                                                "unread": {"type": "integer"},
-                                            },
-                                        },
-                                    }
-                                },
-                            }
-                        ),
-                    },
-                    **_AUTH_ERRORS,
+                    "200": {"description": "Conversations", **_json(_CONVERSATIONS)},
+                    "400": _BAD_QUERY,
+                    "401": _UNAUTHORIZED,
+                    "503": _STORE_DOWN,
                 },
             }
         },
         "/v1/conversations/{peer}/messages": {
             "get": {
+                "operationId": "history",
                 "summary": "A page of one conversation, newest first",
                 "security": secured,
                 "parameters": [
                     {"name": "peer", "in": "path", "required": True, "schema": {"type": "string"}},
-                    _q("before", "integer", "Messages with seq < before.", minimum=1),
                     _q(
-                        "limit",
-                        "integer",
-                        "At most this many; capped at 200.",
-                        minimum=1,
-                        default=50,
+                        "before",
+                        {**_SEQ, "minimum": 1},
+                        "Messages with seq < before (the `next_before` of the previous page).",
                     ),
+                    limit_history,
                 ],
                 "responses": {
-                    "200": {
-                        "description": "Messages",
-                        **_json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "messages": {"type": "array", "items": _ref("Event")},
-                                    "next_before": {"type": ["integer", "null"]},
-                                },
-                            }
-                        ),
-                    },
-                    "404": _error("unknown_user"),
-                    **_AUTH_ERRORS,
+                    "200": {"description": "Messages", **_json(_HISTORY)},
+                    "400": _BAD_QUERY,
+                    "401": _UNAUTHORIZED,
+                    "404": _error("`unknown_user`: there is no user named `peer`."),
+                    "503": _STORE_DOWN,
                 },
             }
         },
         "/healthz": {
             "get": {
-                "summary": "200 when the server can serve",
+                "operationId": "health",
+                "summary": "200 while the store can serve (degraded: broker or cache down)",
                 "security": [],
                 "responses": {
-                    "200": {"description": "Healthy"},
-                    "503": {"description": "A backend is down"},
+                    "200": {"description": "Serving", **_json(_HEALTH)},
+                    "503": {"description": "The store is down", **_json(_HEALTH)},
                 },
             }
         },
         "/metrics": {
             "get": {
+                "operationId": "metrics",
                 "summary": "Prometheus metrics",
                 "security": [],
-                "responses": {"200": {"description": "Text exposition format"}},
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
             }
         },
         "/v1/ws": {
             "get": {
-                "summary": "WebSocket upgrade (frames in docs/protocol.md)",
+                "operationId": "websocket",
+                "summary": "WebSocket opening handshake (frames in docs/protocol.md)",
                 "security": [],
                 "parameters": [
-                    _q("token", "string", "Bearer token (or send an auth frame)."),
-                    _q("after", "integer", "Replay the timeline after this seq."),
+                    _q(
+                        "token",
+                        {"type": "string"},
+                        "Bearer token; without it the first frame must be `auth`.",
+                    ),
+                    _q("after", _SEQ, "Replay the timeline after this seq, then go live."),
+                    *_ws_headers(),
                 ],
                 "responses": {
-                    "101": {"description": "Switching protocols"},
-                    "401": _error("Invalid token."),
-                    "429": _error("too_many_connections"),
+                    "101": {
+                        "description": "Switching protocols: the connection is a WebSocket",
+                        "headers": {
+                            "Upgrade": _header("`websocket`", {"type": "string"}),
+                            "Connection": _header("`Upgrade`", {"type": "string"}),
+                            "Sec-WebSocket-Accept": _header(
+                                "The key's digest (RFC 6455 4.2.2)", {"type": "string"}
+                            ),
+                        },
+                    },
+                    "400": _error(
+                        "`bad_request`: not a WebSocket upgrade (a plain GET, a missing or"
+                        " malformed upgrade header, a body), or `after` is not a seq."
+                    ),
+                    "401": _error(
+                        "`unauthorized`: the `token` is invalid or revoked.",
+                        **{"WWW-Authenticate": _WWW_AUTHENTICATE},
+                    ),
+                    "426": _error(
+                        "`upgrade_required`: a WebSocket version other than 13.",
+                        **{
+                            "Sec-WebSocket-Version": _header(
+                                "The version served.", {"type": "string", "const": "13"}
+                            )
+                        },
+                    ),
+                    "429": _TOO_MANY_CONNECTIONS,
+                    "503": _STORE_DOWN,
                 },
             }
         },
@@ -329,12 +546,32 @@ def build_openapi() -> dict[str, Any]:
         "info": {
             "title": "Courier",
             "version": __version__,
-            "description": "Messenger server API (PROTOCOL.md v1).",
+            "description": "Messenger server API (PROTOCOL.md v1); every error is"
+            ' `{"error": {"code", "message"}}`.',
         },
         "paths": paths,
         "components": {
-            "schemas": components,
+            "schemas": _components(limits),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": secured,
+    }
+
+
+def _sent_links() -> dict[str, Any]:
+    """From a send to what its sender does next: ack it, mark the conversation read, page it."""
+    return {
+        "Ack": {"operationId": "ack", "requestBody": {"seq": "$response.body#/seq"}},
+        "Read": {
+            "operationId": "read",
+            "requestBody": {"peer": "$request.body#/to", "seq": "$response.body#/seq"},
+        },
+        "History": {
+            "operationId": "history",
+            "parameters": {"path.peer": "$request.body#/to"},
+        },
+        "EventsSince": {
+            "operationId": "events",
+            "parameters": {"query.after": "$response.body#/seq"},
+        },
     }

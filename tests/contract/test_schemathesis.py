@@ -37,11 +37,13 @@ SEED = 20_240_601
 EXAMPLES = 50
 SCENARIOS = 100
 STEPS = 8
-RESTARTS = 5
+RESTARTS = 20
 PASSWORD = "contract-password"
 LOGOUT = "DELETE /v1/sessions/current"
 WEBSOCKET = "GET /v1/ws"
 STAND_IN = "the-test-users-token"
+METRICS = "GET /metrics"
+METRICS_TOKEN = "contract-metrics-token"
 
 # What a schema-valid request may still be refused for, by operation (400 bad_request).
 STATE_REFUSALS = {
@@ -98,6 +100,7 @@ SERVER_ENV = {
     "COURIER_LOGIN_RATE_PER_ADDRESS": "0",
     "COURIER_LOGIN_FAILURE_RATE_PER_USER": "0",
     "COURIER_MAX_CONNECTIONS_PER_ADDRESS": "0",
+    "COURIER_METRICS_TOKEN": METRICS_TOKEN,  # /metrics served on the main port too
 }
 
 
@@ -138,7 +141,8 @@ class Live:
 class Credentials:
     """Schemathesis auth, which leaves out the cases that test a missing or broken
     Authorization. Cases are made before the server runs (some at collection), so they carry
-    a stand-in that `call` swaps for the user's token, or a fresh session's for a logout."""
+    a stand-in that `call` swaps for the user's token, a fresh session's for a logout, or the
+    metrics token."""
 
     def get(self, case: schemathesis.Case, ctx: schemathesis.AuthContext) -> str:
         return STAND_IN
@@ -184,7 +188,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 def call(case: schemathesis.Case, live: Live, **kwargs: Any) -> schemathesis.Response:
     if case.headers and case.headers.get("Authorization") == f"Bearer {STAND_IN}":
-        token = live.login() if case.operation.label == LOGOUT else live.token
+        if case.operation.label == METRICS:
+            token = METRICS_TOKEN
+        else:
+            token = live.login() if case.operation.label == LOGOUT else live.token
         case.headers["Authorization"] = f"Bearer {token}"
     if case.operation.label == WEBSOCKET:
         # An accepted upgrade leaves a WebSocket on the connection: never pool it.

@@ -172,32 +172,74 @@ _HISTORY = {
     },
 }
 
-_UNAUTHORIZED = _error(
-    "`unauthorized`: no bearer token, or an invalid or revoked one.",
-    **{"WWW-Authenticate": _WWW_AUTHENTICATE},
-)
-_STORE_DOWN = _error("`store_unavailable`: the message store is down; retry.")
-_RATE_LIMITED = _error(
-    "`rate_limited`: too many requests; retry after `Retry-After` seconds.",
-    **{"Retry-After": _RETRY_AFTER},
-)
-_TOO_MANY_CONNECTIONS = _error(
-    "`too_many_connections`: the user already holds the most live connections allowed."
-)
-_BAD_QUERY = _error("`bad_request`: a query parameter is not an integer or is out of range.")
+
+def _use(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/responses/{name}"}
 
 
-def _body_errors(limits: Limits) -> dict[str, Any]:
+# Answers many operations share. Any request may meet the connection caps (per source address,
+# and in all): 429 and 503 with Retry-After, before it reaches its route.
+_RETRY = {"Retry-After": _RETRY_AFTER}
+_SHARED: dict[str, Any] = {
+    "Unauthorized": _error(
+        "`unauthorized`: no bearer token, or an invalid or revoked one.",
+        **{"WWW-Authenticate": _WWW_AUTHENTICATE},
+    ),
+    "Unavailable": _error(
+        "`store_unavailable`: the message store is down; or `server_full`: the server holds"
+        " all the connections it can (with `Retry-After`). Retry.",
+        **{"Retry-After": {**_RETRY_AFTER, "required": False}},
+    ),
+    "RateLimited": _error(
+        "`rate_limited`: too many of these requests; or `too_many_connections`: this address"
+        " holds all the connections it may. Retry after `Retry-After` seconds.",
+        **_RETRY,
+    ),
+    "AddressFull": _error(
+        "`too_many_connections`: this address holds all the connections it may. Retry after"
+        " `Retry-After` seconds.",
+        **_RETRY,
+    ),
+    "TooManyConnections": _error(
+        "`too_many_connections`: the user holds all the live connections (WebSockets and"
+        " long-polls) allowed; or this address holds all the connections it may (with"
+        " `Retry-After`).",
+        **{"Retry-After": {**_RETRY_AFTER, "required": False}},
+    ),
+    "HeadersTooLarge": _error("`headers_too_large`: the request head is too large."),
+    "UnsupportedMediaType": _error(
+        "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`."
+    ),
+    "RequestTimeout": _error("`request_timeout`: the request body did not arrive in time."),
+    "BadQuery": _error("`bad_request`: a query parameter is not an integer or is out of range."),
+}
+
+
+def _shared(limits: Limits) -> dict[str, Any]:
+    return {
+        **_SHARED,
+        "PayloadTooLarge": _error(
+            f"`payload_too_large`: the request body is over {limits.request_max_bytes} bytes."
+        ),
+    }
+
+
+def _answers(throttle: str, own: dict[str, Any]) -> dict[str, Any]:
+    """An operation's own answers, and those every request may meet on the way to it."""
+    shared = {"429": _use(throttle), "431": _use("HeadersTooLarge"), "503": _use("Unavailable")}
+    return {**shared, **own}
+
+
+def _body_errors() -> dict[str, Any]:
     """The answers every operation with a JSON request body can give about the body itself."""
     return {
         "400": _error(
             "`bad_request`: the body is not JSON, or a field is missing, of the wrong type or"
             " out of its bounds."
         ),
-        "413": _error(
-            f"`payload_too_large`: the request body is over {limits.request_max_bytes} bytes."
-        ),
-        "415": _error("`unsupported_media_type`: the body is not sent as `application/json`."),
+        "408": _use("RequestTimeout"),
+        "413": _use("PayloadTooLarge"),
+        "415": _use("UnsupportedMediaType"),
     }
 
 
@@ -237,6 +279,7 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
     limits = limits or Limits()
     cap = f"{limits.longpoll_max_wait:g}"
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    bearer = _bearer("$response.body#/token")
     limit_events = _q(
         "limit",
         {"type": "integer", "minimum": 1, "default": EVENTS_LIMIT_DEFAULT},
@@ -248,6 +291,37 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
         {"type": "integer", "minimum": 1, "default": HISTORY_LIMIT_DEFAULT},
         f"At most this many; a value above {HISTORY_LIMIT_MAX} is served as {HISTORY_LIMIT_MAX}.",
     )
+    unknown_user = _error("`unknown_user`: there is no such user.")
+    registered = {
+        "description": "Registered",
+        **_json(_USER),
+        "links": {
+            "LogIn": {
+                "operationId": "login",
+                "requestBody": {
+                    "username": "$request.body#/username",
+                    "password": "$request.body#/password",
+                },
+            },
+            "SendToThem": {
+                "operationId": "send",
+                "requestBody": {"to": "$response.body#/username"},
+            },
+            "ConversationWithThem": {
+                "operationId": "history",
+                "parameters": {"path.peer": "$response.body#/username"},
+            },
+        },
+    }
+    logged_in = {
+        "description": "Logged in",
+        **_json(_TOKEN),
+        "links": {
+            "Events": {"operationId": "events", "parameters": bearer},
+            "Conversations": {"operationId": "conversations", "parameters": bearer},
+            "LogOut": {"operationId": "logout", "parameters": bearer},
+        },
+    }
     paths: dict[str, Any] = {
         "/v1/users": {
             "post": {
@@ -255,33 +329,14 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                 "summary": "Register a user",
                 "security": [],
                 "requestBody": _body("Credentials"),
-                "responses": {
-                    "201": {
-                        "description": "Registered",
-                        **_json(_USER),
-                        "links": {
-                            "LogIn": {
-                                "operationId": "login",
-                                "requestBody": {
-                                    "username": "$request.body#/username",
-                                    "password": "$request.body#/password",
-                                },
-                            },
-                            "SendToThem": {
-                                "operationId": "send",
-                                "requestBody": {"to": "$response.body#/username"},
-                            },
-                            "ConversationWithThem": {
-                                "operationId": "history",
-                                "parameters": {"path.peer": "$response.body#/username"},
-                            },
-                        },
+                "responses": _answers(
+                    "RateLimited",
+                    {
+                        "201": registered,
+                        **_body_errors(),
+                        "409": _error("`username_taken`"),
                     },
-                    **_body_errors(limits),
-                    "409": _error("`username_taken`"),
-                    "429": _RATE_LIMITED,
-                    "503": _STORE_DOWN,
-                },
+                ),
             }
         },
         "/v1/sessions": {
@@ -290,30 +345,14 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                 "summary": "Log in: returns a bearer token",
                 "security": [],
                 "requestBody": _body("LoginBody"),
-                "responses": {
-                    "201": {
-                        "description": "Logged in",
-                        **_json(_TOKEN),
-                        "links": {
-                            "Events": {
-                                "operationId": "events",
-                                "parameters": _bearer("$response.body#/token"),
-                            },
-                            "Conversations": {
-                                "operationId": "conversations",
-                                "parameters": _bearer("$response.body#/token"),
-                            },
-                            "LogOut": {
-                                "operationId": "logout",
-                                "parameters": _bearer("$response.body#/token"),
-                            },
-                        },
+                "responses": _answers(
+                    "RateLimited",
+                    {
+                        "201": logged_in,
+                        **_body_errors(),
+                        "401": _error("`invalid_credentials`: no such user, or a wrong password."),
                     },
-                    **_body_errors(limits),
-                    "401": _error("`invalid_credentials`: no such user, or a wrong password."),
-                    "429": _RATE_LIMITED,
-                    "503": _STORE_DOWN,
-                },
+                ),
             }
         },
         "/v1/sessions/current": {
@@ -321,11 +360,10 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                 "operationId": "logout",
                 "summary": "Log out: the token stops working everywhere",
                 "security": secured,
-                "responses": {
-                    "204": {"description": "Logged out"},
-                    "401": _UNAUTHORIZED,
-                    "503": _STORE_DOWN,
-                },
+                "responses": _answers(
+                    "AddressFull",
+                    {"204": {"description": "Logged out"}, "401": _use("Unauthorized")},
+                ),
             }
         },
         "/v1/messages": {
@@ -334,32 +372,33 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                 "summary": "Send a message; answered once it is durably stored",
                 "security": secured,
                 "requestBody": _body("SendBody"),
-                "responses": {
-                    "201": {
-                        "description": "Stored",
-                        **_json(_ref("Sent")),
-                        "links": _sent_links(),
+                "responses": _answers(
+                    "RateLimited",
+                    {
+                        "201": {
+                            "description": "Stored",
+                            **_json(_ref("Sent")),
+                            "links": _sent_links(),
+                        },
+                        "200": {
+                            "description": "A retry of the same client_id: the original answer",
+                            **_json(_ref("Sent")),
+                            "links": _sent_links(),
+                        },
+                        **_body_errors(),
+                        "400": _error(
+                            "`bad_request`: the body is not JSON, or a field is missing, of the"
+                            " wrong type or out of its bounds; or `to` is the sender."
+                        ),
+                        "401": _use("Unauthorized"),
+                        "404": _error("`unknown_user`: there is no user named `to`."),
+                        "413": _error(
+                            f"`body_too_long`: `body` is over {limits.body_max_chars} characters;"
+                            " or `payload_too_large`: the request body is over"
+                            f" {limits.request_max_bytes} bytes."
+                        ),
                     },
-                    "200": {
-                        "description": "A retry of the same client_id: the original answer",
-                        **_json(_ref("Sent")),
-                        "links": _sent_links(),
-                    },
-                    **_body_errors(limits),
-                    "400": _error(
-                        "`bad_request`: the body is not JSON, or a field is missing, of the wrong"
-                        " type or out of its bounds; or `to` is the sender."
-                    ),
-                    "401": _UNAUTHORIZED,
-                    "404": _error("`unknown_user`: there is no user named `to`."),
-                    "413": _error(
-                        f"`body_too_long`: `body` is over {limits.body_max_chars} characters;"
-                        " or `payload_too_large`: the request body is over"
-                        f" {limits.request_max_bytes} bytes."
-                    ),
-                    "429": _RATE_LIMITED,
-                    "503": _STORE_DOWN,
-                },
+                ),
             }
         },
         "/v1/events": {
@@ -377,22 +416,23 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                     ),
                     limit_events,
                 ],
-                "responses": {
-                    "200": {
-                        "description": "Events, oldest first",
-                        **_json(_EVENTS),
-                        "links": {
-                            "Next": {
-                                "operationId": "events",
-                                "parameters": {"query.after": "$response.body#/last_seq"},
-                            }
+                "responses": _answers(
+                    "TooManyConnections",
+                    {
+                        "200": {
+                            "description": "Events, oldest first",
+                            **_json(_EVENTS),
+                            "links": {
+                                "Next": {
+                                    "operationId": "events",
+                                    "parameters": {"query.after": "$response.body#/last_seq"},
+                                }
+                            },
                         },
+                        "400": _use("BadQuery"),
+                        "401": _use("Unauthorized"),
                     },
-                    "400": _BAD_QUERY,
-                    "401": _UNAUTHORIZED,
-                    "429": _TOO_MANY_CONNECTIONS,
-                    "503": _STORE_DOWN,
-                },
+                ),
             }
         },
         "/v1/ack": {
@@ -401,16 +441,19 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                 "summary": "Cumulative delivered-ack of this device",
                 "security": secured,
                 "requestBody": _body("AckBody"),
-                "responses": {
-                    "204": {"description": "Acknowledged"},
-                    **_body_errors(limits),
-                    "400": _error(
-                        "`bad_request`: the body is not JSON, or `seq` is missing or not an"
-                        " integer in range; or `seq` is beyond the head of the caller's timeline."
-                    ),
-                    "401": _UNAUTHORIZED,
-                    "503": _STORE_DOWN,
-                },
+                "responses": _answers(
+                    "AddressFull",
+                    {
+                        "204": {"description": "Acknowledged"},
+                        **_body_errors(),
+                        "400": _error(
+                            "`bad_request`: the body is not JSON, or `seq` is missing or not a"
+                            " whole number in range; or `seq` is beyond the head of the caller's"
+                            " timeline."
+                        ),
+                        "401": _use("Unauthorized"),
+                    },
+                ),
             }
         },
         "/v1/read": {
@@ -419,18 +462,20 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                 "summary": "Messages from peer up to seq are read",
                 "security": secured,
                 "requestBody": _body("ReadBody"),
-                "responses": {
-                    "204": {"description": "Marked read"},
-                    **_body_errors(limits),
-                    "400": _error(
-                        "`bad_request`: the body is not JSON, or a field is missing, of the wrong"
-                        " type or out of its bounds; or `seq` is beyond the head of the caller's"
-                        " timeline."
-                    ),
-                    "401": _UNAUTHORIZED,
-                    "404": _error("`unknown_user`: there is no user named `peer`."),
-                    "503": _STORE_DOWN,
-                },
+                "responses": _answers(
+                    "AddressFull",
+                    {
+                        "204": {"description": "Marked read"},
+                        **_body_errors(),
+                        "400": _error(
+                            "`bad_request`: the body is not JSON, or a field is missing, of the"
+                            " wrong type or out of its bounds; or `seq` is beyond the head of the"
+                            " caller's timeline."
+                        ),
+                        "401": _use("Unauthorized"),
+                        "404": _error("`unknown_user`: there is no user named `peer`."),
+                    },
+                ),
             }
         },
         "/v1/conversations": {
@@ -439,12 +484,14 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                 "summary": "Conversations, most recent first, with unread counts",
                 "security": secured,
                 "parameters": [limit_history],
-                "responses": {
-                    "200": {"description": "Conversations", **_json(_CONVERSATIONS)},
-                    "400": _BAD_QUERY,
-                    "401": _UNAUTHORIZED,
-                    "503": _STORE_DOWN,
-                },
+                "responses": _answers(
+                    "AddressFull",
+                    {
+                        "200": {"description": "Conversations", **_json(_CONVERSATIONS)},
+                        "400": _use("BadQuery"),
+                        "401": _use("Unauthorized"),
+                    },
+                ),
             }
         },
         "/v1/conversations/{peer}/messages": {
@@ -461,13 +508,15 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                     ),
                     limit_history,
                 ],
-                "responses": {
-                    "200": {"description": "Messages", **_json(_HISTORY)},
-                    "400": _BAD_QUERY,
-                    "401": _UNAUTHORIZED,
-                    "404": _error("`unknown_user`: there is no user named `peer`."),
-                    "503": _STORE_DOWN,
-                },
+                "responses": _answers(
+                    "AddressFull",
+                    {
+                        "200": {"description": "Messages", **_json(_HISTORY)},
+                        "400": _use("BadQuery"),
+                        "401": _use("Unauthorized"),
+                        "404": unknown_user,
+                    },
+                ),
             }
         },
         "/healthz": {
@@ -475,23 +524,36 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                 "operationId": "health",
                 "summary": "200 while the store can serve (degraded: broker or cache down)",
                 "security": [],
-                "responses": {
-                    "200": {"description": "Serving", **_json(_HEALTH)},
-                    "503": {"description": "The store is down", **_json(_HEALTH)},
-                },
+                "responses": _answers(
+                    "AddressFull",
+                    {
+                        "200": {"description": "Serving", **_json(_HEALTH)},
+                        "503": {
+                            "description": "The store is down; or `server_full` (an error).",
+                            **_json({"anyOf": [_HEALTH, _ref("Error")]}),
+                        },
+                    },
+                ),
             }
         },
         "/metrics": {
             "get": {
                 "operationId": "metrics",
-                "summary": "Prometheus metrics",
-                "security": [],
-                "responses": {
-                    "200": {
-                        "description": "Prometheus text exposition format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
+                "summary": "Prometheus metrics (also on the metrics listener, without a token)",
+                "security": [{"metrics": []}],
+                "responses": _answers(
+                    "AddressFull",
+                    {
+                        "200": {
+                            "description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "401": _use("Unauthorized"),
+                        "404": _error(
+                            "`not_found`: this port serves no metrics (no `metrics_token` is set)."
+                        ),
+                    },
+                ),
             }
         },
         "/v1/ws": {
@@ -508,36 +570,37 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                     _q("after", _SEQ, "Replay the timeline after this seq, then go live."),
                     *_ws_headers(),
                 ],
-                "responses": {
-                    "101": {
-                        "description": "Switching protocols: the connection is a WebSocket",
-                        "headers": {
-                            "Upgrade": _header("`websocket`", {"type": "string"}),
-                            "Connection": _header("`Upgrade`", {"type": "string"}),
-                            "Sec-WebSocket-Accept": _header(
-                                "The key's digest (RFC 6455 4.2.2)", {"type": "string"}
-                            ),
+                "responses": _answers(
+                    "TooManyConnections",
+                    {
+                        "101": {
+                            "description": "Switching protocols: the connection is a WebSocket",
+                            "headers": {
+                                "Upgrade": _header("`websocket`", {"type": "string"}),
+                                "Connection": _header("`Upgrade`", {"type": "string"}),
+                                "Sec-WebSocket-Accept": _header(
+                                    "The key's digest (RFC 6455 4.2.2)", {"type": "string"}
+                                ),
+                            },
                         },
+                        "400": _error(
+                            "`bad_request`: not a WebSocket upgrade (a plain GET, a missing or"
+                            " malformed upgrade header, a body), or `after` is not a seq."
+                        ),
+                        "401": _error(
+                            "`unauthorized`: the `token` is invalid or revoked.",
+                            **{"WWW-Authenticate": _WWW_AUTHENTICATE},
+                        ),
+                        "426": _error(
+                            "`upgrade_required`: a WebSocket version other than 13.",
+                            **{
+                                "Sec-WebSocket-Version": _header(
+                                    "The version served.", {"type": "string", "const": "13"}
+                                )
+                            },
+                        ),
                     },
-                    "400": _error(
-                        "`bad_request`: not a WebSocket upgrade (a plain GET, a missing or"
-                        " malformed upgrade header, a body), or `after` is not a seq."
-                    ),
-                    "401": _error(
-                        "`unauthorized`: the `token` is invalid or revoked.",
-                        **{"WWW-Authenticate": _WWW_AUTHENTICATE},
-                    ),
-                    "426": _error(
-                        "`upgrade_required`: a WebSocket version other than 13.",
-                        **{
-                            "Sec-WebSocket-Version": _header(
-                                "The version served.", {"type": "string", "const": "13"}
-                            )
-                        },
-                    ),
-                    "429": _TOO_MANY_CONNECTIONS,
-                    "503": _STORE_DOWN,
-                },
+                ),
             }
         },
     }
@@ -546,13 +609,22 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
         "info": {
             "title": "Courier",
             "version": __version__,
-            "description": "Messenger server API (PROTOCOL.md v1); every error is"
-            ' `{"error": {"code", "message"}}`.',
+            "description": "Messenger server API (PROTOCOL.md v1). Every error is"
+            ' `{"error": {"code", "message"}}`, also for malformed HTTP (400, 413, 431) and'
+            " for a request head that does not arrive in time (408).",
         },
         "paths": paths,
         "components": {
             "schemas": _components(limits),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": _shared(limits),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "metrics": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The `metrics_token` setting.",
+                },
+            },
         },
         "security": secured,
     }

@@ -15,6 +15,7 @@ process, since Schemathesis calls it with blocking requests.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ LOGOUT = "DELETE /v1/sessions/current"
 WEBSOCKET = "GET /v1/ws"
 STAND_IN = "the-test-users-token"
 METRICS = "GET /metrics"
+KEEPALIVE_FRONT = itertools.cycle([False, True])
 METRICS_TOKEN = "contract-metrics-token"
 
 # What a schema-valid request may still be refused for, by operation (400 bad_request).
@@ -201,8 +203,11 @@ def call(case: schemathesis.Case, live: Live, **kwargs: Any) -> schemathesis.Res
             token = live.login() if case.operation.label == LOGOUT else live.token
         case.headers["Authorization"] = f"Bearer {token}"
     if case.operation.label == WEBSOCKET:
-        # An accepted upgrade leaves a WebSocket on the connection: never pool it.
+        # An accepted upgrade leaves a WebSocket on the connection: never pool it. Every
+        # other handshake goes to the keep-alive front (after a request on the connection).
         with plain_session() as once:
+            if next(KEEPALIVE_FRONT):
+                once.get(live.url + "/healthz", timeout=10)
             return case.call(base_url=live.url, session=once, timeout=10, **kwargs)
     response = case.call(base_url=live.url, session=live.http, timeout=10, **kwargs)
     if case.operation.label.startswith("DELETE /v1/sessions/") and case.operation.label != LOGOUT:

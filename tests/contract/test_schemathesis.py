@@ -7,9 +7,9 @@ The per-operation tests need the description when pytest collects them, before a
 runs, so they take it from `build_openapi` with the test server's limits; a test checks that
 the live server serves exactly that document, and the state machine loads it from the server.
 
-Deterministic: a fixed seed, derandomized Hypothesis, no example database. Bounded: EXAMPLES
-per operation and phase, SCENARIOS of at most STEPS calls. The server runs as its own
-process, since Schemathesis calls it with blocking requests.
+Deterministic: fixed seeds, no example database. Bounded: EXAMPLES per operation and phase,
+SCENARIOS of at most STEPS calls. The server runs as its own process, since Schemathesis
+calls it with blocking requests.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ LOGOUT = "DELETE /v1/sessions/current"
 WEBSOCKET = "GET /v1/ws"
 STAND_IN = "the-test-users-token"
 METRICS = "GET /metrics"
-KEEPALIVE_FRONT = itertools.cycle([False, True])
 METRICS_TOKEN = "contract-metrics-token"
+KEEPALIVE_FRONT = itertools.cycle([False, True])
 
 # What a schema-valid request may still be refused for, by operation (400 bad_request).
 STATE_REFUSALS = {
@@ -93,11 +93,11 @@ CONFIG: dict[str, Any] = {
     ],
 }
 
-# Off for this server: the throttles of registration and login have tests of their own, and
-# here they would turn most of the generated logins into 429s. Unknown settings are ignored.
 LONGPOLL_MAX_WAIT = 0.2  # a held long-poll ends at once (wait is clamped to it)
 SERVER_ENV = {
     "COURIER_LONGPOLL_MAX_WAIT": str(LONGPOLL_MAX_WAIT),
+    # Off here: the throttles of registration and login, and the cap on connections per
+    # address, have tests of their own; here they would turn most generated calls into 429s.
     "COURIER_REGISTER_RATE_PER_ADDRESS": "0",
     "COURIER_LOGIN_RATE_PER_ADDRESS": "0",
     "COURIER_LOGIN_FAILURE_RATE_PER_USER": "0",

@@ -548,7 +548,10 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                             "description": "Prometheus text exposition format",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
                         },
-                        "401": _use("Unauthorized"),
+                        "401": _error(
+                            "`unauthorized`: the metrics token is missing or wrong.",
+                            **{"WWW-Authenticate": _WWW_AUTHENTICATE},
+                        ),
                         "404": _error(
                             "`not_found`: this port serves no metrics (no `metrics_token` is set)."
                         ),

@@ -36,6 +36,7 @@ from courier.domain.ops import (
     SendResult,
     Sweep,
     TokenRecord,
+    TouchToken,
     UserRecord,
     WriteOp,
 )
@@ -170,12 +171,40 @@ class Batch:
         self.new_users.append(op.username)
         return True
 
+    # A token record and its key among its user's sessions (ordered by last use) change
+    # together, in one WriteBatch; the record, not the operation, names the index key.
+    def _token(self, token_hash: bytes) -> TokenRecord | None:
+        raw = self.get(K.token_key(token_hash))
+        return None if raw is None else msgspec.msgpack.decode(raw, type=TokenRecord)
+
+    def _unindex(self, record: TokenRecord) -> None:
+        if record.last_used:  # 0: a record from before the index, never indexed
+            self.wb.delete(K.session_key(record.username, record.last_used, record.device))
+
+    def _put_token(self, token_hash: bytes, record: TokenRecord) -> None:
+        self.put(K.token_key(token_hash), msgspec.msgpack.encode(record))
+        self.wb.put(K.session_key(record.username, record.last_used, record.device), token_hash)
+
     def put_token(self, op: PutToken) -> None:
-        record = TokenRecord(op.username, op.device, op.ts)
-        self.put(K.token_key(op.token_hash), msgspec.msgpack.encode(record))
+        earlier = self._token(op.token_hash)
+        if earlier is not None:
+            self._unindex(earlier)
+        self._put_token(
+            op.token_hash, TokenRecord(op.username, op.device, op.ts, op.ts, op.user_agent)
+        )
 
     def delete_token(self, op: DeleteToken) -> None:
-        self.delete(K.token_key(op.token_hash))
+        record = self._token(op.token_hash)
+        if record is not None:
+            self._unindex(record)
+            self.delete(K.token_key(op.token_hash))
+
+    def touch_token(self, op: TouchToken) -> None:
+        record = self._token(op.token_hash)
+        if record is None or op.ts <= record.last_used:
+            return  # deleted meanwhile (stays deleted), or already as recent
+        self._unindex(record)
+        self._put_token(op.token_hash, msgspec.structs.replace(record, last_used=op.ts))
 
     def append_message(self, op: AppendMessage) -> SendResult:
         sender, recipient = op.sender, op.recipient
@@ -346,6 +375,7 @@ _HANDLERS: dict[type, str] = {
     CreateUser: "create_user",
     PutToken: "put_token",
     DeleteToken: "delete_token",
+    TouchToken: "touch_token",
     AppendMessage: "append_message",
     AdvanceAck: "advance_ack",
     MarkRead: "mark_read",

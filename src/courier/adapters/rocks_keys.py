@@ -35,6 +35,34 @@ def token_key(token_hash: bytes) -> bytes:
     return b"k" + token_hash
 
 
+TOKEN_PREFIX = b"k"
+
+
+def session_prefix(user: str) -> bytes:
+    return b"s" + _u(user) + SEP
+
+
+def session_key(user: str, last_used: int, session_id: str) -> bytes:
+    """A user's sessions ordered by last use: the newest are the last keys of the prefix."""
+    return session_prefix(user) + _Q.pack(last_used) + session_id.encode()
+
+
+def session_id_prefix(session_id: str) -> bytes | None:
+    """The token keys a session id can belong to: the id is the first 8 bytes of the token
+    hash in hex, so its token is found by a seek without any index (None: not such an id)."""
+    if len(session_id) != 16:
+        return None
+    try:
+        return TOKEN_PREFIX + bytes.fromhex(session_id)
+    except ValueError:
+        return None
+
+
+# The layout's version, absent in stores written before sessions were indexed by user.
+FORMAT_KEY = b"\x00format"
+FORMAT_SESSIONS = 1
+
+
 def head_key(user: str) -> bytes:
     return b"h" + _u(user)
 

@@ -35,7 +35,14 @@ from courier.adapters import rocks_keys as K
 from courier.adapters.rocks_batch import Batch
 from courier.adapters.rocks_wal import WalSync
 from courier.domain.errors import CourierError, store_unavailable
-from courier.domain.ops import Conversation, TokenRecord, UserRecord, WriteOp
+from courier.domain.ops import (
+    Conversation,
+    SessionRecord,
+    TokenRecord,
+    TouchToken,
+    UserRecord,
+    WriteOp,
+)
 from courier.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -99,6 +106,7 @@ class RocksStore:
         self._db = Rdict(self._path, opts, column_families={"default": opts})
         self._loop = asyncio.get_running_loop()
         self._wal_broken = False
+        await asyncio.to_thread(self._index_sessions)
         self._thread = threading.Thread(target=self._run, name="courier-store-writer", daemon=True)
         self._thread.start()
 
@@ -120,6 +128,32 @@ class RocksStore:
         if self._db is None:
             raise store_unavailable()
         return self._db
+
+    def _index_sessions(self) -> None:
+        """Once, on a store written before sessions were listed: every token joins its
+        user's sessions, as last used now (its real last use was never recorded). Runs
+        before the writer starts, so it is the only mutator."""
+        db = self.db
+        if db.get(K.FORMAT_KEY) is not None:
+            return
+        now = int(time.time() * 1000)
+        batch = Batch(db, set())
+        it = db.iter()
+        it.seek(K.TOKEN_PREFIX)
+        found = 0
+        while it.valid() and it.key().startswith(K.TOKEN_PREFIX):
+            record = msgspec.msgpack.decode(it.value(), type=TokenRecord)
+            if not record.last_used:
+                op = TouchToken(it.key()[1:], record.username, record.device, now, record.created)
+                batch.touch_token(op)
+                found += 1
+            it.next()
+        batch.put(K.FORMAT_KEY, K.pack_u64(K.FORMAT_SESSIONS))
+        opts = WriteOptions()
+        opts.sync = self._sync
+        db.write(batch.wb, opts)
+        if found:
+            log.info("indexed %d tokens by user (sessions listing)", found)
 
     # ---- writes -------------------------------------------------------------------------
     def submit(self, op: WriteOp) -> asyncio.Future[Any]:
@@ -229,6 +263,50 @@ class RocksStore:
     async def get_token(self, token_hash: bytes) -> TokenRecord | None:
         raw = self.db.get(K.token_key(token_hash))
         return None if raw is None else msgspec.msgpack.decode(raw, type=TokenRecord)
+
+    async def sessions(self, user: str, limit: int) -> list[SessionRecord]:
+        prefix = K.session_prefix(user)
+        it = self.db.iter()
+        it.seek_for_prev(prefix + b"\xff" * 9)  # past the newest: ids are ASCII
+        found: list[tuple[str, int, bytes]] = []
+        while len(found) < limit and it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            stamp = key[len(prefix) : len(prefix) + 8]
+            found.append((key[len(prefix) + 8 :].decode(), K.unpack_u64(stamp), it.value()))
+            it.prev()
+        if not found:
+            return []
+        records = self._multi_get([K.token_key(token_hash) for _, _, token_hash in found])
+        out: list[SessionRecord] = []
+        for (session_id, last_used, token_hash), raw in zip(found, records, strict=True):
+            if raw is not None:
+                record = msgspec.msgpack.decode(raw, type=TokenRecord)
+                out.append(
+                    SessionRecord(
+                        session_id, token_hash, record.created, last_used, record.user_agent
+                    )
+                )
+        return out
+
+    async def get_session(self, user: str, session_id: str) -> SessionRecord | None:
+        prefix = K.session_id_prefix(session_id)
+        if prefix is None:
+            return None
+        it = self.db.iter()
+        it.seek(prefix)
+        for _ in range(8):  # tokens sharing 64 bits of their hash: practically never two
+            if not it.valid() or not it.key().startswith(prefix):
+                break
+            record = msgspec.msgpack.decode(it.value(), type=TokenRecord)
+            if record.username == user and record.device == session_id:
+                last_used = record.last_used or record.created
+                return SessionRecord(
+                    session_id, it.key()[1:], record.created, last_used, record.user_agent
+                )
+            it.next()
+        return None
 
     async def head(self, user: str) -> int:
         raw = self.db.get(K.head_key(user))

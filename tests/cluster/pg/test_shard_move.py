@@ -126,7 +126,7 @@ async def test_a_shard_moves_under_pipelined_traffic_losing_and_doubling_nothing
         acks = asyncio.create_task(reader(nodes, mover, ann[0], stop))
         await warm.wait()
         before = sum(map(len, sent.values()))
-        revoke = nodes[1].submit(DeleteToken(revoked))  # lands during the copy
+        revoke = nodes[1].submit(DeleteToken(revoked, mover, "laptop"))  # lands during the copy
         report = await move_shard(dsns, shard, 1, grace=0.5)
         await revoke
         during = sum(map(len, sent.values())) - before

@@ -90,7 +90,9 @@ class Server:
             memory_cost=settings.argon2_memory_kib,
             parallelism=settings.argon2_parallelism,
         )
-        self.accounts = Accounts(self.store, self.broker, hasher)
+        self.accounts = Accounts(
+            self.store, self.broker, hasher, session_idle_days=settings.session_idle_days
+        )
         self.delivery = Delivery(
             self.store,
             self.broker,
@@ -106,6 +108,7 @@ class Server:
         self._listener: asyncio.Server | None = None
         self._lean: LeanFront | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._keep_alive: asyncio.Task[None] | None = None
         self.port = settings.port
 
     @property
@@ -172,6 +175,12 @@ class Server:
                 sniffer, s.host, s.port, backlog=4096, reuse_address=True
             )
         self.port = self._listener.sockets[0].getsockname()[1]
+        # Open connections are use of their sessions: recorded about once an hour.
+        self._keep_alive = asyncio.create_task(
+            self.accounts.run_keep_alive(
+                lambda: [sub.token_hash for sub in self.registry.subscribers()]
+            )
+        )
         if s.retention_days > 0:
             self._retention = asyncio.create_task(
                 run_retention(self.store, s.retention_days, s.retention_interval, self.metrics)
@@ -182,6 +191,10 @@ class Server:
             self._retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention
+        if self._keep_alive is not None:
+            self._keep_alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keep_alive
         if self._listener is not None:
             self._listener.close()
         if self._runner is not None:

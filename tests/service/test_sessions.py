@@ -17,7 +17,7 @@ from courier.metrics import Metrics
 from courier.service.accounts import (
     DAY_MS,
     HOUR_MS,
-    SESSIONS_LISTED_MAX,
+    SESSIONS_MAX,
     Accounts,
     Session,
     hash_token,
@@ -222,18 +222,24 @@ async def test_another_users_session_cannot_be_ended(stack: Stack) -> None:
     assert await stack.accounts.sessions(bob) != await stack.accounts.sessions(alice)
 
 
-async def test_the_listing_is_bounded(stack: Stack, clock: Clock) -> None:
+async def test_a_user_holds_at_most_100_sessions_the_least_recently_used_go_first(
+    stack: Stack, clock: Clock
+) -> None:
     await register(stack, "alice")
-    for i in range(SESSIONS_LISTED_MAX + 5):
+    for i in range(SESSIONS_MAX + 5):  # as if logged in 105 times, a millisecond apart
         token_hash = hash_token(f"token-{i}")
         await stack.store.submit(
             PutToken(token_hash, "alice", token_hash[:8].hex(), clock.now - 1000 + i, f"agent {i}")
         )
     _, mine = await login(stack, "alice", "mine")
     listed = await stack.accounts.sessions(mine)
-    assert len(listed) == SESSIONS_LISTED_MAX
-    assert listed[0].user_agent == "mine"
-    assert listed[-1].user_agent == f"agent {6}"  # the least recent five are left out
+    assert len(listed) == SESSIONS_MAX
+    assert [s.user_agent for s in listed[:2]] == ["mine", f"agent {SESSIONS_MAX + 4}"]
+    assert listed[-1].user_agent == "agent 6"  # the six least recent were ended
+    assert len(await stack.store.sessions("alice", 1000)) == SESSIONS_MAX
+    for i in range(6):
+        await refused(stack, f"token-{i}")
+    await stack.accounts.authenticate("token-6")
 
 
 async def test_the_user_agent_is_bounded_and_printable(stack: Stack) -> None:

@@ -171,40 +171,31 @@ class Batch:
         self.new_users.append(op.username)
         return True
 
-    # A token record and its key among its user's sessions (ordered by last use) change
-    # together, in one WriteBatch; the record, not the operation, names the index key.
+    # A token record and its key among its user's sessions change together, in one
+    # WriteBatch; the record, not the operation, names the user and the id.
     def _token(self, token_hash: bytes) -> TokenRecord | None:
         raw = self.get(K.token_key(token_hash))
         return None if raw is None else msgspec.msgpack.decode(raw, type=TokenRecord)
 
-    def _unindex(self, record: TokenRecord) -> None:
-        if record.last_used:  # 0: a record from before the index, never indexed
-            self.wb.delete(K.session_key(record.username, record.last_used, record.device))
-
-    def _put_token(self, token_hash: bytes, record: TokenRecord) -> None:
-        self.put(K.token_key(token_hash), msgspec.msgpack.encode(record))
-        self.wb.put(K.session_key(record.username, record.last_used, record.device), token_hash)
-
     def put_token(self, op: PutToken) -> None:
-        earlier = self._token(op.token_hash)
-        if earlier is not None:
-            self._unindex(earlier)
-        self._put_token(
-            op.token_hash, TokenRecord(op.username, op.device, op.ts, op.ts, op.user_agent)
-        )
+        record = TokenRecord(op.username, op.device, op.ts, op.ts, op.user_agent)
+        self.put(K.token_key(op.token_hash), msgspec.msgpack.encode(record))
+        self.wb.put(K.session_key(op.username, op.device), op.token_hash)
 
     def delete_token(self, op: DeleteToken) -> None:
         record = self._token(op.token_hash)
         if record is not None:
-            self._unindex(record)
+            self.wb.delete(K.session_key(record.username, record.device))
             self.delete(K.token_key(op.token_hash))
 
     def touch_token(self, op: TouchToken) -> None:
         record = self._token(op.token_hash)
         if record is None or op.ts <= record.last_used:
             return  # deleted meanwhile (stays deleted), or already as recent
-        self._unindex(record)
-        self._put_token(op.token_hash, msgspec.structs.replace(record, last_used=op.ts))
+        if not record.last_used:  # written before sessions were listed: not indexed yet
+            self.wb.put(K.session_key(record.username, record.device), op.token_hash)
+        used = msgspec.structs.replace(record, last_used=op.ts)
+        self.put(K.token_key(op.token_hash), msgspec.msgpack.encode(used))
 
     def append_message(self, op: AppendMessage) -> SendResult:
         sender, recipient = op.sender, op.recipient

@@ -42,20 +42,10 @@ def session_prefix(user: str) -> bytes:
     return b"s" + _u(user) + SEP
 
 
-def session_key(user: str, last_used: int, session_id: str) -> bytes:
-    """A user's sessions ordered by last use: the newest are the last keys of the prefix."""
-    return session_prefix(user) + _Q.pack(last_used) + session_id.encode()
-
-
-def session_id_prefix(session_id: str) -> bytes | None:
-    """The token keys a session id can belong to: the id is the first 8 bytes of the token
-    hash in hex, so its token is found by a seek without any index (None: not such an id)."""
-    if len(session_id) != 16:
-        return None
-    try:
-        return TOKEN_PREFIX + bytes.fromhex(session_id)
-    except ValueError:
-        return None
+def session_key(user: str, session_id: str) -> bytes:
+    """A user's sessions by id (the value: the token hash). The key never moves when the
+    session is used, so using sessions leaves no deleted keys in the user's range."""
+    return session_prefix(user) + session_id.encode()
 
 
 # The layout's version, absent in stores written before sessions were indexed by user.

@@ -48,6 +48,7 @@ from courier.metrics import Metrics
 log = logging.getLogger(__name__)
 
 _Item = tuple[WriteOp, "asyncio.Future[Any]"]
+SESSIONS_SCAN_MAX = 1000  # session keys read per listing, whatever a user holds
 
 
 def _options(cache_mb: int) -> Options:
@@ -265,48 +266,35 @@ class RocksStore:
         return None if raw is None else msgspec.msgpack.decode(raw, type=TokenRecord)
 
     async def sessions(self, user: str, limit: int) -> list[SessionRecord]:
+        """The user's session keys (few: the service caps them per user; the scan is
+        bounded all the same), their records in one multi-get, sorted by last use."""
         prefix = K.session_prefix(user)
         it = self.db.iter()
-        it.seek_for_prev(prefix + b"\xff" * 9)  # past the newest: ids are ASCII
-        found: list[tuple[str, int, bytes]] = []
-        while len(found) < limit and it.valid():
+        it.seek(prefix)
+        found: list[tuple[str, bytes]] = []
+        while len(found) < SESSIONS_SCAN_MAX and it.valid():
             key = it.key()
             if not key.startswith(prefix):
                 break
-            stamp = key[len(prefix) : len(prefix) + 8]
-            found.append((key[len(prefix) + 8 :].decode(), K.unpack_u64(stamp), it.value()))
-            it.prev()
+            found.append((key[len(prefix) :].decode(), it.value()))
+            it.next()
         if not found:
             return []
-        records = self._multi_get([K.token_key(token_hash) for _, _, token_hash in found])
-        out: list[SessionRecord] = []
-        for (session_id, last_used, token_hash), raw in zip(found, records, strict=True):
-            if raw is not None:
-                record = msgspec.msgpack.decode(raw, type=TokenRecord)
-                out.append(
-                    SessionRecord(
-                        session_id, token_hash, record.created, last_used, record.user_agent
-                    )
-                )
-        return out
+        records = self._multi_get([K.token_key(token_hash) for _, token_hash in found])
+        out = [
+            _session(session_id, token_hash, raw)
+            for (session_id, token_hash), raw in zip(found, records, strict=True)
+            if raw is not None
+        ]
+        out.sort(key=lambda s: (s.last_used, s.id), reverse=True)
+        return out[:limit]
 
     async def get_session(self, user: str, session_id: str) -> SessionRecord | None:
-        prefix = K.session_id_prefix(session_id)
-        if prefix is None:
+        token_hash = self.db.get(K.session_key(user, session_id))
+        if token_hash is None:
             return None
-        it = self.db.iter()
-        it.seek(prefix)
-        for _ in range(8):  # tokens sharing 64 bits of their hash: practically never two
-            if not it.valid() or not it.key().startswith(prefix):
-                break
-            record = msgspec.msgpack.decode(it.value(), type=TokenRecord)
-            if record.username == user and record.device == session_id:
-                last_used = record.last_used or record.created
-                return SessionRecord(
-                    session_id, it.key()[1:], record.created, last_used, record.user_agent
-                )
-            it.next()
-        return None
+        raw = self.db.get(K.token_key(token_hash))
+        return None if raw is None else _session(session_id, token_hash, raw)
 
     async def head(self, user: str) -> int:
         raw = self.db.get(K.head_key(user))
@@ -389,6 +377,12 @@ class RocksStore:
         return [
             (seq, K.event_of(raw)) for seq, raw in zip(seqs, values, strict=True) if raw is not None
         ]
+
+
+def _session(session_id: str, token_hash: bytes, raw: bytes) -> SessionRecord:
+    record = msgspec.msgpack.decode(raw, type=TokenRecord)
+    last_used = record.last_used or record.created
+    return SessionRecord(session_id, token_hash, record.created, last_used, record.user_agent)
 
 
 def _resolve(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-SESSIONS_LISTED_MAX = 100
+SESSIONS_MAX = 100  # per user: a login past it ends the least recently used session
 USER_AGENT_MAX = 256  # code points kept of the User-Agent given at login
 _KEEP_ALIVE_CHUNK = 100
 
@@ -119,7 +119,21 @@ class Accounts:
         device = token_hash[:8].hex()  # the session id: public, and no use as a token
         agent = clean_user_agent(user_agent)
         await self._store.submit(PutToken(token_hash, username, device, self.clock(), agent))
+        await self._bound_sessions(username)
         return token
+
+    async def _bound_sessions(self, username: str) -> None:
+        """Keep a user's sessions few, so that every read of them is short: past
+        SESSIONS_MAX, a login ends the least recently used ones (and any expired)."""
+        rows = await self._store.sessions(username, 2 * SESSIONS_MAX)
+        if len(rows) <= SESSIONS_MAX:
+            return
+        now = self.clock()
+        live = [r for r in rows if not self._expired(r.last_used, now)]
+        ended = [r for r in rows if self._expired(r.last_used, now)] + live[SESSIONS_MAX:]
+        for row in ended:
+            with contextlib.suppress(CourierError):  # the next login tries again
+                await self._end(username, row.id, row.token_hash)
 
     async def authenticate(self, token: str | None) -> Session:
         if not token or len(token) > 256:
@@ -188,7 +202,7 @@ class Accounts:
     async def sessions(self, session: Session) -> list[SessionView]:
         """The caller's sessions, most recently used first; expired ones are deleted."""
         now = self.clock()
-        rows = await self._store.sessions(session.username, SESSIONS_LISTED_MAX)
+        rows = await self._store.sessions(session.username, SESSIONS_MAX)
         out: list[SessionView] = []
         for row in rows:
             if self._expired(row.last_used, now):

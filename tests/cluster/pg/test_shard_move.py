@@ -199,6 +199,7 @@ async def test_a_shard_moves_under_pipelined_traffic_losing_and_doubling_nothing
         for node in nodes:
             assert (await node.get_token(kept)) is not None
             assert await node.get_token(revoked) is None
+            assert [s.id for s in await node.sessions(mover, 10)] == ["phone"]
     finally:
         for node in (*nodes, idle):
             await node.close()

@@ -119,7 +119,8 @@ class Accounts:
         device = token_hash[:8].hex()  # the session id: public, and no use as a token
         agent = clean_user_agent(user_agent)
         await self._store.submit(PutToken(token_hash, username, device, self.clock(), agent))
-        await self._bound_sessions(username)
+        with contextlib.suppress(CourierError):  # the login stands; the next one bounds them
+            await self._bound_sessions(username)
         return token
 
     async def _bound_sessions(self, username: str) -> None:

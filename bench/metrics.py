@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from bench.common import Result
+from bench.server import BENCH_METRICS_TOKEN
 
 Raw = dict[str, float]
 
@@ -47,12 +48,15 @@ def between(before: Raw | None, after: Raw | None) -> Result | None:
     }
 
 
+_AUTH = {"Authorization": f"Bearer {BENCH_METRICS_TOKEN}"}
+
+
 async def read(url: str) -> Raw | None:
     """None when the server has no /metrics."""
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-            session.get(f"{url}/metrics") as resp,
+            session.get(f"{url}/metrics", headers=_AUTH) as resp,
         ):
             if resp.status != 200:
                 return None

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import aiohttp
 
+BENCH_METRICS_TOKEN = "bench-metrics-token-for-loopback-only"
 BENCH_ENV = {
+    # Every client comes from loopback: no per-address caps or throttles.
+    "COURIER_MAX_CONNECTIONS_PER_ADDRESS": "0",
+    "COURIER_REGISTER_RATE_PER_ADDRESS": "0",
+    "COURIER_LOGIN_RATE_PER_ADDRESS": "0",
+    "COURIER_LOGIN_FAILURE_RATE_PER_USER": "0",
+    # /metrics on the server's own port, behind a token, instead of a fixed second port.
+    "COURIER_METRICS_LISTEN": "off",
+    "COURIER_METRICS_TOKEN": BENCH_METRICS_TOKEN,
     "COURIER_SEND_RATE": "1000000",
     "COURIER_SEND_BURST": "1000000",
     "COURIER_FRAME_RATE": "1000000",

@@ -117,6 +117,7 @@ async def requests(root: Path, quick: bool) -> None:
         ending = await timed(len(ids), lambda i: accounts.end_session(lister, ids[i]))
         emit("end a session", **summary(ending))
     finally:
+        accounts.close()
         await store.close()
 
 

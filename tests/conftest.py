@@ -19,10 +19,24 @@ from tests.helpers import Api
 
 # Cheap password hashing keeps the suite fast; production defaults are checked in test_config.
 FAST = {"argon2_time_cost": 1, "argon2_memory_kib": 8192}
+# Every test client comes from loopback: no per-address caps or throttles unless a test asks.
+LOOPBACK_CLIENTS = {
+    "max_connections_per_address": 0,
+    "register_rate_per_address": 0,
+    "login_rate_per_address": 0,
+    "login_failure_rate_per_user": 0,
+    "metrics_listen": "127.0.0.1:0",
+}
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {**FAST, "host": "127.0.0.1", "port": 0, "data_dir": str(data_dir)}
+    values: dict[str, Any] = {
+        **FAST,
+        **LOOPBACK_CLIENTS,
+        "host": "127.0.0.1",
+        "port": 0,
+        "data_dir": str(data_dir),
+    }
     values.update(overrides)
     return load_settings(env={}, **values)
 
@@ -75,7 +89,7 @@ def ws_front() -> str:
 @pytest.fixture
 async def api(server: Server, ws_front: str) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
-        api = Api(server.url, session, ws_front)
+        api = Api(server.url, session, ws_front, metrics=server.metrics_url)
         try:
             yield api
         finally:

@@ -45,8 +45,15 @@ class Api:
     """`front` picks the server's WebSocket front: "lean" when the upgrade opens a new
     connection, "aiohttp" when it reuses a keep-alive connection that carried a request."""
 
-    def __init__(self, base: str, session: aiohttp.ClientSession, front: str = "lean") -> None:
+    def __init__(
+        self,
+        base: str,
+        session: aiohttp.ClientSession,
+        front: str = "lean",
+        metrics: str | None = None,
+    ) -> None:
         self.base = base
+        self.metrics_base = metrics  # the server's metrics listener
         self.http = session
         self.front = front
         self._keepalive: list[aiohttp.ClientSession] = []
@@ -54,6 +61,12 @@ class Api:
     async def close(self) -> None:
         for session in self._keepalive:
             await session.close()
+
+    async def metrics(self) -> Reply:
+        """GET /metrics from the server's metrics listener."""
+        assert self.metrics_base is not None, "this server has no metrics listener"
+        async with self.http.get(self.metrics_base + "/metrics") as resp:
+            return Reply(resp.status, await resp.text(), dict(resp.headers))
 
     async def call(
         self,

@@ -21,6 +21,15 @@ def free_port() -> int:
         return port
 
 
+# Tests' clients all come from loopback: no per-address caps or throttles unless a test sets them.
+LOOPBACK_CLIENTS = {
+    "COURIER_MAX_CONNECTIONS_PER_ADDRESS": "0",
+    "COURIER_REGISTER_RATE_PER_ADDRESS": "0",
+    "COURIER_LOGIN_RATE_PER_ADDRESS": "0",
+    "COURIER_LOGIN_FAILURE_RATE_PER_USER": "0",
+}
+
+
 class ServerProcess:
     def __init__(
         self, data_dir: Path, port: int | None = None, log_path: Path | None = None, **env: str
@@ -33,6 +42,8 @@ class ServerProcess:
             "COURIER_ARGON2_TIME_COST": "1",  # cheap hashing keeps the tests fast
             "COURIER_ARGON2_MEMORY_KIB": "8192",
             "COURIER_LOG_LEVEL": "warning",
+            **LOOPBACK_CLIENTS,
+            "COURIER_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None

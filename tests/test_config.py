@@ -60,7 +60,25 @@ def test_unknown_keys_in_the_file_are_refused(tmp_path: Path) -> None:
         load_settings(config_file=str(cfg), env={})
 
 
-VALID_TEXT = {"cache": "redis", "store": "rocks", "broker": "local"}
+VALID_TEXT = {
+    "cache": "redis",
+    "store": "rocks",
+    "broker": "local",
+    "trusted_proxies": "10.0.0.0/8",
+    "metrics_listen": "127.0.0.1:9100",
+    "metrics_token": "a-token-of-sixteen-or-more",
+}
+
+
+def test_bad_addresses_and_metrics_settings_stop_the_server() -> None:
+    for env, name in [
+        ({"COURIER_TRUSTED_PROXIES": "10.0.0.0/8, nonsense"}, "trusted_proxies"),
+        ({"COURIER_METRICS_LISTEN": "127.0.0.1"}, "metrics_listen"),
+        ({"COURIER_METRICS_TOKEN": "short"}, "metrics_token"),
+        ({"COURIER_MAX_CONNECTIONS_PER_ADDRESS": "-1"}, "max_connections_per_address"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            load_settings(env=env)
 
 
 def test_every_setting_has_an_environment_variable() -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import msgspec
 
+from courier.transport.admission import parse_networks
+
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
@@ -25,9 +27,28 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     typing_rate: float = 5.0
     typing_burst: int = 10
     ws_send_buffer_max: int = 1024 * 1024  # bytes queued for one connection before it is cut
+    ws_pending_sends_max: int = 1024  # sends of one connection waiting for the store
     ws_heartbeat: float = 30.0
     auth_timeout: float = 10.0
     longpoll_max_wait: float = 60.0
+    # Connections and HTTP deadlines (docs/operations.md, "Limits")
+    max_connections: int = 0  # open sockets in all; 0 = the descriptor limit less a reserve
+    max_connections_per_address: int = 5000  # per source address; 0 = no cap
+    trusted_proxies: str = ""  # comma-separated addresses/CIDRs whose X-Forwarded-For counts
+    http_head_timeout: float = 10.0  # seconds for a request's head to arrive
+    http_body_timeout: float = 30.0  # seconds for a request's body to arrive
+    http_keepalive_timeout: float = 75.0  # seconds an idle keep-alive connection is kept
+    # Throttles on registration and login (per second; 0 = off)
+    register_rate_per_address: float = 0.2
+    register_burst_per_address: int = 10
+    login_rate_per_address: float = 1.0
+    login_burst_per_address: int = 20
+    login_failure_rate_per_user: float = 0.1
+    login_failure_burst_per_user: int = 10
+    # Metrics: their own listener (default loopback only); "off" = none. With metrics_token
+    # set, /metrics is also served on the main port to callers bearing that token.
+    metrics_listen: str = "127.0.0.1:9464"
+    metrics_token: str = ""
     # Adapters: the embedded default, or the cluster engines
     store: str = "rocks"  # "rocks" | "postgres"
     postgres_servers: str = ""  # comma-separated DSNs, one per physical server
@@ -115,7 +136,14 @@ def _check(s: Settings) -> None:
         "typing_rate",
         "typing_burst",
         "ws_send_buffer_max",
+        "ws_pending_sends_max",
         "auth_timeout",
+        "http_head_timeout",
+        "http_body_timeout",
+        "http_keepalive_timeout",
+        "register_burst_per_address",
+        "login_burst_per_address",
+        "login_failure_burst_per_user",
         "store_batch_max",
         "store_cache_mb",
         "cache_users",
@@ -138,6 +166,25 @@ def _check(s: Settings) -> None:
         raise ValueError("setting broker must be local or nats")
     if s.store == "postgres" and not s.postgres_servers.strip():
         raise ValueError("setting postgres_servers is required when store = postgres")
+    for name in (
+        "max_connections",
+        "max_connections_per_address",
+        "register_rate_per_address",
+        "login_rate_per_address",
+        "login_failure_rate_per_user",
+    ):
+        if getattr(s, name) < 0:
+            raise ValueError(f"setting {name} must be 0 (off) or positive")
+    try:
+        parse_networks(s.trusted_proxies)
+    except ValueError as exc:
+        raise ValueError(f"setting trusted_proxies: {exc}") from None
+    if s.metrics_listen != "off":
+        _host, sep, port = s.metrics_listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError('setting metrics_listen must be HOST:PORT (or "off" for none)')
+    if s.metrics_token and len(s.metrics_token) < 16:
+        raise ValueError("setting metrics_token must be at least 16 characters")
     if s.retention_days < 0:
         raise ValueError("setting retention_days must be 0 (off) or positive")
     if s.session_idle_days < 0:

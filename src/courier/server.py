@@ -10,7 +10,9 @@ import os
 import resource
 import signal
 import socket
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -26,8 +28,11 @@ from courier.service.accounts import Accounts
 from courier.service.delivery import Delivery
 from courier.service.registry import Registry
 from courier.service.retention import run_retention
-from courier.transport.app import build_app
+from courier.service.throttle import AuthThrottle, ThrottleSettings
+from courier.transport.admission import FD_RESERVE, Admission, parse_networks
+from courier.transport.app import build_app, build_metrics_app
 from courier.transport.http_api import HttpApi
+from courier.transport.http_guard import GuardedHandler
 from courier.transport.listener import PortSniffer
 from courier.transport.ws import WsEndpoint, WsSettings
 from courier.transport.ws_lean import LeanFront
@@ -90,8 +95,13 @@ class Server:
             memory_cost=settings.argon2_memory_kib,
             parallelism=settings.argon2_parallelism,
         )
+        throttle = AuthThrottle(ThrottleSettings.of(settings))
         self.accounts = Accounts(
-            self.store, self.broker, hasher, session_idle_days=settings.session_idle_days
+            self.store,
+            self.broker,
+            hasher,
+            throttle=throttle,
+            session_idle_days=settings.session_idle_days,
         )
         self.delivery = Delivery(
             self.store,
@@ -105,6 +115,9 @@ class Server:
             cache=self.cache,
         )
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self._metrics_listener: asyncio.Server | None = None
+        self.metrics_port: int | None = None
         self._listener: asyncio.Server | None = None
         self._lean: LeanFront | None = None
         self._retention: asyncio.Task[None] | None = None
@@ -114,6 +127,14 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://{self.settings.host}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """The metrics listener's base URL, once started (None without one)."""
+        if self.metrics_port is None:
+            return None
+        host = self.settings.metrics_listen.rpartition(":")[0]
+        return f"http://{host}:{self.metrics_port}"
 
     async def start(self, sock: socket.socket | None = None) -> None:
         s = self.settings
@@ -132,6 +153,9 @@ class Server:
             {"store": self.store, "broker": self.broker, "cache": self.cache},
             self.metrics,
             s.longpoll_max_wait,
+            body_timeout=s.http_body_timeout,
+            trusted_proxies=parse_networks(s.trusted_proxies),
+            metrics_token=s.metrics_token,
         )
         ws = WsEndpoint(
             self.accounts,
@@ -145,28 +169,43 @@ class Server:
                 auth_timeout=s.auth_timeout,
                 frame_rate=s.frame_rate,
                 frame_burst=s.frame_burst,
+                pending_sends_max=s.ws_pending_sends_max,
             ),
         )
         app = build_app(api, ws, s.request_max_bytes)
         # Generous line and header bounds so that long-but-well-formed requests reach the
-        # application and get the contract's JSON errors; only broken HTTP framing is
-        # answered by aiohttp's own (plain-text) 400.
-        self._runner = web.AppRunner(
-            app,
-            handler_cancellation=True,
-            access_log=None,
-            max_line_size=32 * 1024,
-            max_field_size=32 * 1024,
-        )
+        # application and get the contract's JSON errors; broken HTTP framing gets them from
+        # GuardedHandler.handle_error.
+        handler_args: dict[str, Any] = {
+            "access_log": None,
+            "max_line_size": 32 * 1024,
+            "max_field_size": 32 * 1024,
+            "keepalive_timeout": s.http_keepalive_timeout,
+            "lingering_time": 1.0,  # seconds spent reading an unread body before closing
+        }
+        self._runner = web.AppRunner(app, handler_cancellation=True, **handler_args)
         await self._runner.setup()
         http = self._runner.server
         assert http is not None
-        lean = self._lean = LeanFront(ws)
+        total = s.max_connections or max(raise_fd_limit() - FD_RESERVE, 64)
+        admission = self.admission = Admission(
+            total, s.max_connections_per_address, parse_networks(s.trusted_proxies)
+        )
+        lean = self._lean = LeanFront(ws, admission)
         lean.start()
         loop = asyncio.get_running_loop()
 
+        def http_front(address: str) -> GuardedHandler:
+            return GuardedHandler(
+                http,
+                loop=loop,
+                head_timeout=s.http_head_timeout,
+                release=partial(admission.release, address),
+                **handler_args,
+            )
+
         def sniffer() -> PortSniffer:
-            return PortSniffer(http, lean, s.auth_timeout)
+            return PortSniffer(http_front, lean, s.auth_timeout, admission)
 
         if sock is not None:
             self._listener = await loop.create_server(sniffer, sock=sock, backlog=4096)
@@ -175,6 +214,8 @@ class Server:
                 sniffer, s.host, s.port, backlog=4096, reuse_address=True
             )
         self.port = self._listener.sockets[0].getsockname()[1]
+        if s.metrics_listen != "off":
+            await self._start_metrics(api, s.metrics_listen)
         # Open connections are use of their sessions: recorded about once an hour.
         self._keep_alive = asyncio.create_task(
             self.accounts.run_keep_alive(
@@ -185,6 +226,20 @@ class Server:
             self._retention = asyncio.create_task(
                 run_retention(self.store, s.retention_days, s.retention_interval, self.metrics)
             )
+
+    async def _start_metrics(self, api: HttpApi, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        runner = self._metrics_runner = web.AppRunner(build_metrics_app(api), access_log=None)
+        await runner.setup()
+        assert runner.server is not None
+        try:
+            self._metrics_listener = await asyncio.get_running_loop().create_server(
+                runner.server, host.strip("[]"), int(port), reuse_address=True
+            )
+        except OSError as exc:
+            raise OSError(f"cannot listen for metrics on {listen}: {exc.strerror}") from exc
+        self.metrics_port = self._metrics_listener.sockets[0].getsockname()[1]
+        log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
 
     async def stop(self) -> None:
         if self._retention is not None:
@@ -202,6 +257,12 @@ class Server:
             self._runner = None
         if self._lean is not None:
             await self._lean.stop()
+        if self._metrics_listener is not None:
+            self._metrics_listener.close()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+            self._metrics_runner = None
+        self.accounts.close()
         await self.broker.close()
         await self.cache.close()
         await self.store.close()

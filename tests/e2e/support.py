@@ -51,7 +51,7 @@ async def eventually(
 
 async def metric(api: Api, name: str) -> float:
     """The value of an unlabelled sample of /metrics (0 when absent)."""
-    r = await api.call("GET", "/metrics")
+    r = await api.metrics()
     assert r.status == 200, r
     text = r.body if isinstance(r.body, str) else str(r.body)
     for line in text.splitlines():

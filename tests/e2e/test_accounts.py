@@ -35,6 +35,8 @@ async def test_registering_a_taken_username_is_409(api: Api) -> None:
     [
         "ab",  # too short
         "Alice",  # uppercase
+        "alice\n",  # a trailing newline (re.match with $ would let it through)
+        "alice\r\n",
         "al ice",  # space
         "al!ce",  # bad character
         "_alice",  # must start with a letter or digit
@@ -78,9 +80,11 @@ async def test_missing_fields_and_bad_json_are_400(api: Api) -> None:
     bodies: list[Any] = [{"username": unique("acct")}, {"password": PASSWORD}, {}, [], "x", 3]
     for body in bodies:
         assert_error(await api.call("POST", "/v1/users", json_body=body), 400, "bad_request")
-    r = await api.call("POST", "/v1/users", data=b"{not json", headers={"Content-Type": "x/y"})
+    json_type = {"Content-Type": "application/json"}
+    r = await api.call("POST", "/v1/users", data=b"{not json", headers=json_type)
     assert_error(r, 400, "bad_request")
-    assert_error(await api.call("POST", "/v1/sessions", data=b"{"), 400, "bad_request")
+    r = await api.call("POST", "/v1/sessions", data=b"{", headers=json_type)
+    assert_error(r, 400, "bad_request")
 
 
 async def test_login_answers_201_with_a_token_and_the_username(api: Api) -> None:

@@ -18,11 +18,15 @@ def settings_overrides() -> dict[str, Any]:
 
 
 async def fill(api: Api, sender: User, to: User, count: int) -> None:
-    """`count` messages from sender to `to`, pipelined on one WebSocket."""
+    """`count` messages from sender to `to`, pipelined on one WebSocket in windows of 500
+    (a connection may have at most `ws_pending_sends_max` sends waiting for the store)."""
     ws, _ = await connect(api, sender)
-    for i in range(count):
-        await ws.send({"type": "send", "to": to.name, "body": f"n{i}", "client_id": f"f-{i}"})
-    answers = await recv_sent(ws, count, timeout=60.0)
+    answers: list[dict[str, Any]] = []
+    for start in range(0, count, 500):
+        window = range(start, min(start + 500, count))
+        for i in window:
+            await ws.send({"type": "send", "to": to.name, "body": f"n{i}", "client_id": f"f-{i}"})
+        answers += await recv_sent(ws, len(window), timeout=60.0)
     assert all(a["type"] == "sent" for a in answers), [a for a in answers if a["type"] != "sent"]
     await ws.close()
 

@@ -13,6 +13,8 @@ from tests.helpers import Api, unique
 
 MAX = 4096  # the default body_max_chars
 
+JSON_TYPE = {"Content-Type": "application/json"}
+
 
 async def test_send_answers_201_with_id_seq_ts_and_client_id(api: Api) -> None:
     alice, bob = await api.user(), await api.user()
@@ -114,11 +116,15 @@ async def test_body_sent_as_raw_utf8_counts_code_points(api: Api) -> None:
     alice, bob = await api.user(), await api.user()
     raw = '{"to": "%s", "body": "%s", "client_id": "%s"}'
     ok = await api.call(
-        "POST", "/v1/messages", user=alice, data=(raw % (bob.name, "😀" * MAX, "u-1")).encode()
+        "POST",
+        "/v1/messages",
+        user=alice,
+        data=(raw % (bob.name, "😀" * MAX, "u-1")).encode(),
+        headers=JSON_TYPE,
     )
     assert ok.status == 201, ok
     over = raw % (bob.name, "😀" * (MAX + 1), "u-2")
-    r = await api.call("POST", "/v1/messages", user=alice, data=over.encode())
+    r = await api.call("POST", "/v1/messages", user=alice, data=over.encode(), headers=JSON_TYPE)
     assert_error(r, 413, "body_too_long")
 
 
@@ -154,7 +160,8 @@ async def test_sending_to_yourself_is_400(api: Api) -> None:
 )
 async def test_missing_fields_and_wrong_types_are_400(api: Api, body: Any) -> None:
     alice = await api.user()
-    r = await api.call("POST", "/v1/messages", user=alice, json_body=body)
+    data = json.dumps(body)
+    r = await api.call("POST", "/v1/messages", user=alice, data=data, headers=JSON_TYPE)
     assert_error(r, 400, "bad_request")
 
 
@@ -162,20 +169,37 @@ async def test_missing_fields_and_wrong_types_are_400(api: Api, body: Any) -> No
     ("data", "content_type"),
     [
         (b'{"to": "x", "body": "hi", ', "application/json"),
-        (b"to=bob&body=hi&client_id=c", "application/x-www-form-urlencoded"),
-        (b"hello", "text/plain"),
-        (b"\xff\xfe\x00", "application/octet-stream"),
+        (b"\xff\xfe\x00", "application/json"),
         (b"", "application/json"),
+        (b"[]", "application/json; charset=utf-8"),
     ],
 )
-async def test_wrong_json_and_non_json_content_are_400(
-    api: Api, data: bytes, content_type: str
-) -> None:
+async def test_wrong_json_is_400(api: Api, data: bytes, content_type: str) -> None:
     alice = await api.user()
     r = await api.call(
         "POST", "/v1/messages", user=alice, data=data, headers={"Content-Type": content_type}
     )
     assert_error(r, 400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        (b"to=bob&body=hi&client_id=c", "application/x-www-form-urlencoded"),
+        (b'{"to": "bob", "body": "hi", "client_id": "c"}', "text/plain"),
+        (b"\xff\xfe\x00", "application/octet-stream"),
+        (b'{"to": "bob", "body": "hi", "client_id": "c"}', None),
+    ],
+)
+async def test_a_body_not_declared_as_json_is_415(
+    api: Api, data: bytes, content_type: str | None
+) -> None:
+    """A cross-site form (urlencoded, text/plain) can never post a JSON request."""
+    alice, bob = await api.user(), await api.user()
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    r = await api.call("POST", "/v1/messages", user=alice, data=data, headers=headers)
+    assert_error(r, 415, "unsupported_media_type")
+    assert (await api.events(bob, 0)).body["events"] == []
 
 
 async def test_a_70_kib_request_is_413_payload_too_large(api: Api) -> None:
@@ -225,8 +249,9 @@ def request_of_size(to: str, size: int, client_id: str) -> bytes:
 async def test_a_request_of_exactly_64_kib_is_accepted_and_one_byte_more_is_413(api: Api) -> None:
     alice, bob = await api.user(), await api.user()
     exact = request_of_size(bob.name, 64 * 1024, "exact")
-    assert (await api.call("POST", "/v1/messages", user=alice, data=exact)).status == 201
+    ok = await api.call("POST", "/v1/messages", user=alice, data=exact, headers=JSON_TYPE)
+    assert ok.status == 201, ok
     over = request_of_size(bob.name, 64 * 1024 + 1, "over")
-    r = await api.call("POST", "/v1/messages", user=alice, data=over)
+    r = await api.call("POST", "/v1/messages", user=alice, data=over, headers=JSON_TYPE)
     assert_error(r, 413, "payload_too_large")
     assert [e["client_id"] for e in await api.timeline(bob)] == ["exact"]

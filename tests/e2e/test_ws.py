@@ -47,7 +47,7 @@ async def assert_alive(ws: Ws) -> None:
 # ---- authentication ------------------------------------------------------------------------
 async def test_the_upgrade_is_served_by_the_chosen_front(api: Api) -> None:
     await connect(api, await api.user())
-    r = await api.call("GET", "/metrics")
+    r = await api.metrics()
     line = f'courier_ws_upgrades_total{{front="{api.front}"}} 1.0'
     assert line in r.body.splitlines(), [x for x in r.body.splitlines() if "upgrades" in x]
 

@@ -158,11 +158,14 @@ async def test_an_idle_period_of_zero_never_expires(stack: Stack, clock: Clock) 
         session_idle_days=0,
         clock=clock,
     )
-    await forever.register("alice", PASSWORD)
-    token = await forever.login("alice", PASSWORD)
-    clock.advance(3650 * DAY_MS)
-    session = await forever.authenticate(token)
-    assert [s.current for s in await forever.sessions(session)] == [True]
+    try:
+        await forever.register("alice", PASSWORD)
+        token = await forever.login("alice", PASSWORD)
+        clock.advance(3650 * DAY_MS)
+        session = await forever.authenticate(token)
+        assert [s.current for s in await forever.sessions(session)] == [True]
+    finally:
+        forever.close()
 
 
 async def test_listing_drops_sessions_past_the_idle_period(stack: Stack, clock: Clock) -> None:

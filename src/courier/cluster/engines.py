@@ -41,6 +41,7 @@ class Proc:
     pid: int
     port: int
     url: str
+    metrics: str = ""  # a node's metrics listener
 
     def alive(self) -> bool:
         try:
@@ -199,7 +200,7 @@ def start_postgres(workdir: Path, name: str) -> Proc:
 
 
 def start_node(workdir: Path, name: str, env: dict[str, str]) -> Proc:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -218,6 +219,12 @@ def start_node(workdir: Path, name: str, env: dict[str, str]) -> Proc:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **env, "COURIER_NODE_ID": name},
+            env={
+                **os.environ,
+                **env,
+                "COURIER_NODE_ID": name,
+                "COURIER_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+            },
         )
-    return Proc(name, proc.pid, port, f"http://127.0.0.1:{port}")
+    metrics = f"http://127.0.0.1:{metrics_port}"
+    return Proc(name, proc.pid, port, f"http://127.0.0.1:{port}", metrics)

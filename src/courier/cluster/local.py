@@ -65,6 +65,7 @@ def describe(procs: list[Proc]) -> dict[str, Any]:
     by = {p.name: p for p in procs}
     return {
         "nodes": [p.url for p in procs if p.name.startswith("node")],
+        "metrics": [p.metrics for p in procs if p.name.startswith("node")],
         "nats": by["nats"].url,
         "postgres": [p.url for p in procs if p.name.startswith("pg")],
         "redis": by["redis"].url,

@@ -14,17 +14,25 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from courier.domain.errors import CourierError, unauthorized
+from courier.domain.errors import CourierError, bad_request, rate_limited, unauthorized
+from courier.domain.names import valid_username
 from courier.domain.ops import CreateUser, DeleteToken, PutToken, TokenRecord, TouchToken
 from courier.ports import REVOKE, Broker, Envelope, Store
+from courier.service.throttle import AuthThrottle
+
+R = TypeVar("R")
+HASH_QUEUE_MAX = 32  # password checks that may wait for a hashing thread; more get 429
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +77,8 @@ class Accounts:
         broker: Broker,
         hasher: PasswordHasher,
         *,
-        max_parallel_hashes: int = 4,
+        throttle: AuthThrottle | None = None,
+        max_parallel_hashes: int | None = None,
         session_idle_days: float = 30.0,
         clock: Callable[[], int] = now_ms,
     ) -> None:
@@ -81,22 +90,42 @@ class Accounts:
         self.idle_ms = int(session_idle_days * DAY_MS)  # 0: sessions never expire
         self.touch_every_ms = min(HOUR_MS, self.idle_ms // 10) if self.idle_ms else HOUR_MS
         self._touching: set[bytes] = set()
-        # argon2 is deliberately expensive in CPU and memory: bound how many run at once.
-        self._hashing = asyncio.Semaphore(max_parallel_hashes)
+        self._throttle = throttle or AuthThrottle()
+        # argon2 is deliberately expensive in CPU and memory: it runs on threads of its own
+        # (never the event loop's, never the default executor the store reads may use), at
+        # most one per core, and only a bounded number of checks may queue for them.
+        workers = max_parallel_hashes or min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="argon2")
+        self._queued = 0
         self._dummy_hash: str | None = None
 
+    async def _run_hash(self, fn: Callable[..., R], *args: str) -> R:
+        if self._queued >= HASH_QUEUE_MAX:
+            raise rate_limited(1.0)
+        self._queued += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, fn, *args)
+        finally:
+            self._queued -= 1
+
     async def _hash(self, password: str) -> str:
-        async with self._hashing:
-            return await asyncio.to_thread(self._hasher.hash, password)
+        return await self._run_hash(self._hasher.hash, password)
 
     async def _verify(self, password_hash: str, password: str) -> bool:
-        async with self._hashing:
-            try:
-                return await asyncio.to_thread(self._hasher.verify, password_hash, password)
-            except (VerificationError, InvalidHashError):
-                return False
+        try:
+            return await self._run_hash(self._hasher.verify, password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
 
-    async def register(self, username: str, password: str) -> None:
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def register(self, username: str, password: str, address: str = "") -> None:
+        """`address` is the caller's source address, for the throttle ("" = not throttled)."""
+        if not valid_username(username):
+            raise bad_request("The username must match ^[a-z0-9][a-z0-9_.-]{2,31}$.")
+        self._throttle.register(address)
         if await self._store.get_user(username) is not None:
             raise _taken(username)
         password_hash = await self._hash(password)
@@ -104,16 +133,22 @@ class Accounts:
         if not created:
             raise _taken(username)
 
-    async def login(self, username: str, password: str, *, user_agent: str = "") -> str:
+    async def login(
+        self, username: str, password: str, address: str = "", *, user_agent: str = ""
+    ) -> str:
+        self._throttle.login(address, username)
         user = await self._store.get_user(username)
         if user is None:
             # Spend the same time as a real check, so response times do not reveal names.
             if self._dummy_hash is None:
                 self._dummy_hash = await self._hash(secrets.token_hex(16))
             await self._verify(self._dummy_hash, password)
+            self._throttle.failed(username)
             raise _bad_credentials()
         if not await self._verify(user.password_hash, password):
+            self._throttle.failed(username)
             raise _bad_credentials()
+        self._throttle.succeeded(address, username)
         token = secrets.token_urlsafe(32)  # 256 random bits
         token_hash = hash_token(token)
         device = token_hash[:8].hex()  # the session id: public, and no use as a token

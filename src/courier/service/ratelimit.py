@@ -27,6 +27,12 @@ class TokenBucket:
         self._tokens = tokens
         return (1.0 - tokens) / self._rate
 
+    def wait(self, now: float | None = None) -> float:
+        """The seconds until a token is available (0 when one is), taking nothing."""
+        now = time.monotonic() if now is None else now
+        tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._rate
+
     def full(self, now: float) -> bool:
         return self._tokens + (now - self._last) * self._rate >= self._burst
 
@@ -47,12 +53,24 @@ class KeyedLimiter:
         self._prune_at = prune_at
 
     def check(self, key: str) -> None:
+        self._bucket(key).check()
+
+    def take(self, key: str) -> float:
+        """Take a token if there is one; the seconds to wait when there was none."""
+        return self._bucket(key).take()
+
+    def wait(self, key: str) -> float:
+        """The seconds until `key` may go again (0: now), taking nothing."""
+        bucket = self._buckets.get(key)
+        return 0.0 if bucket is None else bucket.wait()
+
+    def _bucket(self, key: str) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self._prune_at:
                 self._prune()
             bucket = self._buckets[key] = TokenBucket(self._rate, self._burst)
-        bucket.check()
+        return bucket
 
     def _prune(self) -> None:
         now = time.monotonic()

@@ -11,6 +11,7 @@ from aiohttp import web
 from courier.domain.errors import CourierError
 from courier.transport.errors import error_middleware
 from courier.transport.http_api import HttpApi
+from courier.transport.http_guard import SECURITY_HEADERS, guard_middleware
 from courier.transport.openapi import build_openapi
 from courier.transport.ws import WsEndpoint
 from courier.transport.ws_aiohttp import AiohttpWs
@@ -18,10 +19,16 @@ from courier.transport.ws_aiohttp import AiohttpWs
 STATIC_DIR = Path(str(resources.files("courier.transport"))) / "static"
 
 
+async def _secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+
+
 def build_app(api: HttpApi, ws: WsEndpoint, request_max_bytes: int) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware(api.metrics)], client_max_size=request_max_bytes
+        middlewares=[guard_middleware(), error_middleware(api.metrics)],
+        client_max_size=request_max_bytes,
     )
+    app.on_response_prepare.append(_secure_headers)
     app.add_routes(api.routes())
     app.router.add_get("/v1/ws", AiohttpWs(ws).handle)
     openapi = msgspec.json.encode(build_openapi())
@@ -53,4 +60,13 @@ def build_app(api: HttpApi, ws: WsEndpoint, request_max_bytes: int) -> web.Appli
         await ws.shutdown()
 
     app.on_shutdown.append(on_shutdown)
+    return app
+
+
+def build_metrics_app(api: HttpApi) -> web.Application:
+    """The metrics listener's app: /metrics and /healthz, for a scraper on a private address."""
+    app = web.Application(middlewares=[error_middleware(api.metrics)])
+    app.router.add_get("/metrics", api.metrics_text)
+    app.router.add_get("/healthz", api.healthz)
+    app.on_response_prepare.append(_secure_headers)
     return app

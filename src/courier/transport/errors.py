@@ -22,6 +22,7 @@ _HTTP_CODES = {
     404: ("not_found", "There is nothing at this address."),
     405: ("method_not_allowed", "This method is not allowed here."),
     413: ("payload_too_large", "The request body is too large."),
+    415: ("unsupported_media_type", "The body's media type is not accepted here."),
     431: ("headers_too_large", "The request headers are too large."),
 }
 
@@ -53,7 +54,10 @@ def error_middleware(metrics: Metrics) -> Middleware:
             return await handler(request)
         except CourierError as exc:
             metrics.errors.labels(exc.code).inc()
-            return error_response(exc)
+            response = error_response(exc)
+            if exc.status in (408, 413, 415):
+                response.force_close()  # the rest of the body is not read: no keep-alive
+            return response
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 from collections.abc import Mapping
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -15,6 +17,7 @@ from courier.service.accounts import Accounts, Session
 from courier.service.delivery import EVENTS_LIMIT_DEFAULT, HISTORY_LIMIT_DEFAULT, Delivery
 from courier.service.registry import Registry
 from courier.transport import wire
+from courier.transport.admission import Network, client_address
 from courier.transport.longpoll import LongPollWaiter
 
 T = TypeVar("T")
@@ -35,10 +38,31 @@ def raw_json(body: bytes, status: int = 200) -> web.Response:
     return web.Response(status=status, body=body, content_type=JSON)
 
 
-async def decode_body(request: web.Request, kind: type[T]) -> T:
-    body = await request.read()
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def decoder_for(kind: type[T]) -> msgspec.json.Decoder[T]:
+    found = _decoders.get(kind)
+    if found is None:
+        found = _decoders[kind] = msgspec.json.Decoder(kind)
+    return found
+
+
+async def decode_body(request: web.Request, kind: type[T], seconds: float) -> T:
+    """A JSON body: declared as JSON (so no cross-site form can post one), arriving within
+    `seconds`, decoded and validated in one step."""
+    if request.content_type != JSON:
+        raise CourierError(
+            "unsupported_media_type", "The body must be JSON (Content-Type: application/json).", 415
+        )
     try:
-        return msgspec.json.decode(body, type=kind)
+        async with asyncio.timeout(seconds):
+            body = await request.read()
+    except TimeoutError:
+        late = "The request body did not arrive in time."
+        raise CourierError("request_timeout", late, 408) from None
+    try:
+        return wire.decode(decoder_for(kind), body)
     except msgspec.DecodeError as exc:
         raise bad_request(wire.describe(exc)) from None
 
@@ -91,6 +115,10 @@ class HttpApi:
         backends: Mapping[str, Backend],
         metrics: Metrics,
         longpoll_max_wait: float,
+        *,
+        body_timeout: float = 30.0,
+        trusted_proxies: tuple[Network, ...] = (),
+        metrics_token: str = "",
     ) -> None:
         self.accounts = accounts
         self.delivery = delivery
@@ -98,6 +126,15 @@ class HttpApi:
         self.backends = backends  # "store" is essential; the others degrade gracefully
         self.metrics = metrics
         self.longpoll_max_wait = longpoll_max_wait
+        self.body_timeout = body_timeout
+        self.trusted_proxies = trusted_proxies
+        self.metrics_token = metrics_token
+
+    async def decode(self, request: web.Request, kind: type[T]) -> T:
+        return await decode_body(request, kind, self.body_timeout)
+
+    def address(self, request: web.Request) -> str:
+        return client_address(request.remote or "", request.headers, self.trusted_proxies)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -113,7 +150,7 @@ class HttpApi:
             web.get("/v1/conversations", self.conversations),
             web.get("/v1/conversations/{peer}/messages", self.history),
             web.get("/healthz", self.healthz),
-            web.get("/metrics", self.metrics_text),
+            web.get("/metrics", self.metrics_guarded),
         ]
 
     async def session(self, request: web.Request) -> Session:
@@ -123,14 +160,16 @@ class HttpApi:
         return await self.accounts.authenticate(token)
 
     async def register(self, request: web.Request) -> web.Response:
-        body = await decode_body(request, wire.Credentials)
-        await self.accounts.register(body.username, body.password)
+        body = await self.decode(request, wire.Credentials)
+        await self.accounts.register(body.username, body.password, self.address(request))
         return json_response({"username": body.username}, 201)
 
     async def login(self, request: web.Request) -> web.Response:
-        body = await decode_body(request, wire.LoginBody)
+        body = await self.decode(request, wire.LoginBody)
         agent = request.headers.get("User-Agent", "")
-        token = await self.accounts.login(body.username, body.password, user_agent=agent)
+        token = await self.accounts.login(
+            body.username, body.password, self.address(request), user_agent=agent
+        )
         return json_response({"token": token, "username": body.username}, 201)
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -151,7 +190,7 @@ class HttpApi:
 
     async def send(self, request: web.Request) -> web.Response:
         session = await self.session(request)
-        body = await decode_body(request, wire.SendBody)
+        body = await self.decode(request, wire.SendBody)
         result = await self.delivery.send(session, body.to, body.body, body.client_id)
         answer = {
             "id": result.id,
@@ -187,13 +226,13 @@ class HttpApi:
 
     async def ack(self, request: web.Request) -> web.Response:
         session = await self.session(request)
-        body = await decode_body(request, wire.AckBody)
+        body = await self.decode(request, wire.AckBody)
         await self.delivery.ack(session, body.seq)
         return web.Response(status=204)
 
     async def read(self, request: web.Request) -> web.Response:
         session = await self.session(request)
-        body = await decode_body(request, wire.ReadBody)
+        body = await self.decode(request, wire.ReadBody)
         await self.delivery.read(session, body.peer, body.seq)
         return web.Response(status=204)
 
@@ -225,6 +264,16 @@ class HttpApi:
         store_ok = health.get("store", False)
         status = "ok" if all(health.values()) else ("degraded" if store_ok else "down")
         return json_response({"status": status, **health}, 200 if store_ok else 503)
+
+    async def metrics_guarded(self, request: web.Request) -> web.Response:
+        """/metrics on the public port: only with `metrics_token` set and presented (the
+        metrics listener, loopback by default, serves it without one)."""
+        token = bearer(request)
+        if not self.metrics_token:
+            raise CourierError("not_found", "There is nothing at this address.", 404)
+        if token is None or not hmac.compare_digest(token, self.metrics_token):
+            raise unauthorized("The metrics token is required.")
+        return await self.metrics_text(request)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         self._health()

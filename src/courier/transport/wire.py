@@ -7,12 +7,16 @@ limits fail decoding with a message that names the field.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
 from courier.domain.names import USERNAME_PATTERN
 
+T = TypeVar("T")
+
+# msgspec checks patterns with `re.search`, where `$` also matches before a trailing newline:
+# the service checks names again with a full match (domain.names.valid_username).
 Username = Annotated[str, msgspec.Meta(pattern=USERNAME_PATTERN)]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
 AnyName = Annotated[str, msgspec.Meta(max_length=64)]  # checked by the service (404, not 400)
@@ -113,6 +117,43 @@ class ErrorFrame(msgspec.Struct, tag="error", tag_field="type"):
 
 
 PONG = b'{"type":"pong"}'
+
+
+class _Ref(msgspec.Struct):
+    client_id: Any = None
+
+
+_ref_decoder = msgspec.json.Decoder(_Ref)
+_REF_TEXT = re.compile(rb'"client_id"\s*:\s*"((?:[^"\\]|\\.){1,256})"')
+_str_decoder = msgspec.json.Decoder(str)
+
+
+def decode(decoder: msgspec.json.Decoder[T], data: bytes) -> T:
+    """Decode and validate; every failure is a DecodeError with a human message.
+
+    msgspec raises RecursionError for JSON nested deeper than the interpreter's recursion
+    limit (about 1,000 levels, well inside a 64 KiB frame): that is bad input like any other.
+    """
+    try:
+        return decoder.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError("The JSON is nested too deeply.") from None
+
+
+def ref_of(data: bytes) -> str | None:
+    """The client_id of a malformed frame, whenever one can be read, so the client can match
+    the error to its send: from the JSON when it parses, else from the raw text."""
+    try:
+        ref = _ref_decoder.decode(data).client_id
+    except (msgspec.DecodeError, RecursionError):
+        match = _REF_TEXT.search(data)
+        if match is None:
+            return None
+        try:
+            ref = _str_decoder.decode(b'"' + match.group(1) + b'"')
+        except msgspec.DecodeError:
+            return None
+    return ref if isinstance(ref, str) and 1 <= len(ref) <= 64 else None
 
 
 def describe(exc: msgspec.DecodeError) -> str:

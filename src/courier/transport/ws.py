@@ -5,10 +5,12 @@ Two fronts serve it on the one port and share everything here: the lean protocol
 (`ws_aiohttp`, an upgrade on a keep-alive connection that already carried HTTP requests).
 A front gives the connection a `Link` (how to close it) and its asyncio transport.
 
-Outgoing: every frame goes through `queue`, which batches the frames of one loop tick into a
-single socket write. The kernel buffer plus the transport's buffer is the connection's
-outgoing queue; when it passes `ws_send_buffer_max` the reader is too slow and is closed
-with 1013, to resync by seq on its next connection.
+Outgoing: every frame, control frames (pongs) included, goes through `queue` or `control`,
+which batch the frames of one loop tick into a single socket write. The kernel buffer plus
+the transport's buffer is the connection's outgoing queue; when it passes
+`ws_send_buffer_max` the reader is too slow and is closed with 1013, to resync by seq on its
+next connection. Incoming frames, control frames included, take a token of the connection's
+frame bucket; a send waiting for the store takes one of `ws_pending_sends_max` slots.
 
 Ordering: a connection delivers a gap-free run of its user's timeline from its start point
 (`after`, or the head at hello). Live events that arrive out of order, or while stored events
@@ -37,9 +39,11 @@ from courier.transport import wire
 from courier.transport.ws_frames import (
     GOING_AWAY,
     INTERNAL_ERROR,
+    PING,
     POLICY_VIOLATION,
     TRY_AGAIN_LATER,
-    text_frames,
+    control_frame,
+    text_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class WsSettings(msgspec.Struct, frozen=True):
     auth_timeout: float
     frame_rate: float
     frame_burst: int
+    pending_sends_max: int = 1024
 
 
 def error_frame(code: str, message: str, ref: str | None = None) -> bytes:
@@ -80,6 +85,7 @@ class Connection:
         "_frames",
         "_held",
         "_held_overflow",
+        "_in_flight",
         "_link",
         "_pending",
         "_transport",
@@ -111,13 +117,29 @@ class Connection:
         self._held: dict[int, Envelope] = {}
         self._held_overflow = False
         self._closed = False
+        self._in_flight = 0
         self._frames = TokenBucket(endpoint.settings.frame_rate, endpoint.settings.frame_burst)
 
     # ---- outgoing -----------------------------------------------------------------------
     def queue(self, frame: bytes) -> None:
+        """A text frame with this JSON payload."""
+        self._queue_framed(text_frame(frame))
+
+    def control(self, opcode: int, payload: bytes) -> None:
+        """A control frame the client sent (ping), answered through the bounded queue.
+        Past the frame rate it goes unanswered: a ping flood costs the server nothing."""
+        if self._frames.take():
+            return
+        self._queue_framed(control_frame(opcode, payload))
+
+    def heartbeat(self) -> None:
+        """The server's own ping, through the same bounded queue."""
+        self._queue_framed(_PING)
+
+    def _queue_framed(self, framed: bytes) -> None:
         if self._closed:
             return
-        self._pending.append(frame)
+        self._pending.append(framed)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -128,14 +150,12 @@ class Connection:
         transport = self._transport
         if self._closed or not frames or transport is None or transport.is_closing():
             return
-        transport.write(text_frames(frames))
+        transport.write(b"".join(frames))
         self._endpoint.metrics.hot.events_pushed += len(frames)
-        # While catching up, the replay waits for the socket itself (`_drained`); a reader
-        # is only too slow when live traffic outruns it.
-        if (
-            not self._catching_up
-            and transport.get_write_buffer_size() > self._endpoint.settings.send_buffer_max
-        ):
+        # While catching up, the replay waits for the socket itself (`_drained`) and keeps
+        # the buffer under half the bound; a reader is too slow when traffic outruns it.
+        buffered, bound = transport.get_write_buffer_size(), self._endpoint.settings.send_buffer_max
+        if buffered > bound and (not self._catching_up or buffered > 2 * bound):
             self._shed("slow_consumer")
 
     def _shed(self, reason: str) -> None:
@@ -257,12 +277,12 @@ class Connection:
         wait = self._frames.take()
         if wait:
             message = f"Too many frames; retry in {wait:.3f} s."
-            self.queue(error_frame("rate_limited", message, _ref_of(data)))
+            self.queue(error_frame("rate_limited", message, wire.ref_of(data)))
             return
         try:
-            frame = wire.frame_decoder.decode(data)
+            frame = wire.decode(wire.frame_decoder, data)
         except msgspec.DecodeError as exc:
-            self.queue(error_frame("bad_frame", wire.describe(exc), _ref_of(data)))
+            self.queue(error_frame("bad_frame", wire.describe(exc), wire.ref_of(data)))
             return
         if isinstance(frame, wire.SendFrame):
             self._send(frame)
@@ -274,9 +294,15 @@ class Connection:
             self._endpoint.spawn(self._guarded(frame))
 
     def handle_binary(self) -> None:
+        if self._frames.take():
+            return  # over the frame rate: a flood of them is not answered one by one
         self.queue(_BINARY_REFUSED)
 
     def _send(self, frame: wire.SendFrame) -> None:
+        if self._in_flight >= self._endpoint.settings.pending_sends_max:
+            message = "Too many sends are waiting to be stored; wait for their sent frames."
+            self.queue(error_frame("too_many_pending_sends", message, frame.client_id))
+            return
         try:
             answer = self._endpoint.delivery.send(
                 self.session, frame.to, frame.body, frame.client_id, skip=self.conn_id
@@ -284,9 +310,11 @@ class Connection:
         except CourierError as exc:
             self.queue(error_frame(exc.code, exc.message, frame.client_id))
             return
+        self._in_flight += 1
         answer.add_done_callback(partial(self._sent, frame.client_id))
 
     def _sent(self, client_id: str, answer: asyncio.Future[SendResult]) -> None:
+        self._in_flight -= 1
         if answer.cancelled():
             return
         exc = answer.exception()
@@ -329,16 +357,8 @@ class Connection:
             await self._link.close_and_wait(GOING_AWAY, "server_shutdown")
 
 
+_PING = control_frame(PING)
 _BINARY_REFUSED = error_frame("bad_frame", "Frames must be JSON text frames, not binary.")
-
-
-def _ref_of(data: bytes) -> str | None:
-    """The client_id of a malformed send, when one can be read, so the client can match it."""
-    try:
-        ref = msgspec.json.decode(data, type=dict[str, Any]).get("client_id")
-    except (msgspec.DecodeError, TypeError):
-        return None
-    return ref if isinstance(ref, str) and len(ref) <= 64 else None
 
 
 class WsEndpoint:
@@ -386,7 +406,7 @@ class WsEndpoint:
     async def frame_auth(self, data: bytes, after: int | None) -> tuple[Session, int | None]:
         """The first frame of a connection without a query token must be `auth`."""
         try:
-            frame = wire.frame_decoder.decode(data)
+            frame = wire.decode(wire.frame_decoder, data)
         except msgspec.DecodeError as exc:
             raise unauthorized(f"The first frame must be auth: {wire.describe(exc)}") from None
         if not isinstance(frame, wire.AuthFrame):

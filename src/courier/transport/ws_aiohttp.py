@@ -4,6 +4,7 @@ It behaves the same; it costs more memory per idle connection."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from aiohttp import WSMsgType, web
@@ -12,7 +13,7 @@ from courier.domain.errors import CourierError, unauthorized
 from courier.service.accounts import Session
 from courier.transport.http_api import int_param
 from courier.transport.ws import Connection, WsEndpoint
-from courier.transport.ws_frames import POLICY_VIOLATION
+from courier.transport.ws_frames import POLICY_VIOLATION, PONG
 
 
 class AiohttpLink:
@@ -43,6 +44,7 @@ class AiohttpWs:
             compress=False,
             decode_text=False,
             timeout=5.0,
+            autoping=False,  # pongs go through the connection's bounded, rate-limited queue
         )
         await ws.prepare(request)
         endpoint.metrics.ws_upgrades.labels("aiohttp").inc()
@@ -65,7 +67,10 @@ class AiohttpWs:
         self, ws: web.WebSocketResponse, after: int | None
     ) -> tuple[Session, int | None]:
         try:
-            msg = await ws.receive(timeout=self.endpoint.settings.auth_timeout)
+            async with asyncio.timeout(self.endpoint.settings.auth_timeout):
+                msg = await ws.receive()
+                while msg.type in (WSMsgType.PING, WSMsgType.PONG):  # unanswered before auth
+                    msg = await ws.receive()
         except TimeoutError:
             raise unauthorized("No auth frame arrived in time.") from None
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -84,6 +89,8 @@ class AiohttpWs:
                 conn.handle(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 conn.handle_binary()
+            elif msg.type == WSMsgType.PING:
+                conn.control(PONG, msg.data)
             elif msg.type == WSMsgType.ERROR:
                 break
 

@@ -19,11 +19,13 @@ from typing import cast
 
 from courier.domain.errors import CourierError, unauthorized
 from courier.transport import ws_handshake
+from courier.transport.admission import Admission
 from courier.transport.http_api import parse_int
 from courier.transport.ws import Connection, WsEndpoint
 from courier.transport.ws_frames import (
     BINARY,
     CLOSE,
+    INTERNAL_ERROR,
     PING,
     POLICY_VIOLATION,
     PONG,
@@ -31,7 +33,6 @@ from courier.transport.ws_frames import (
     FrameError,
     FrameReader,
     close_frame,
-    control_frame,
     parse_close,
     text_frame,
 )
@@ -48,6 +49,7 @@ class _Gone(Exception):
 
 class LeanWs(asyncio.Protocol):
     __slots__ = (
+        "_address",
         "_first",
         "_front",
         "_gone",
@@ -61,8 +63,9 @@ class LeanWs(asyncio.Protocol):
         "idle",
     )
 
-    def __init__(self, front: LeanFront) -> None:
+    def __init__(self, front: LeanFront, address: str) -> None:
         self._front = front
+        self._address = address  # counted by the front's admission until the connection ends
         self._transport: asyncio.Transport | None = None
         self._state = HEAD
         self._head = bytearray()
@@ -108,6 +111,7 @@ class LeanWs(asyncio.Protocol):
         self._state = DONE
         self._disarm()
         self._front.protocols.discard(self)
+        self._front.admission.release(self._address)
         if self._first is not None and not self._first.done():
             self._first.set_exception(_Gone())
         if self.conn is not None:
@@ -173,6 +177,13 @@ class LeanWs(asyncio.Protocol):
             return
         except _Gone:
             return
+        except Exception:
+            # Never leave a socket half-open behind a failure: no timer would end it.
+            log.exception("opening a WebSocket failed")
+            if self._state == SETUP:
+                self._write(close_frame(INTERNAL_ERROR, "internal_error"))
+            transport.close()
+            return
         if self._state != SETUP:  # the client left during the replay
             endpoint.ended(self.conn)
             return
@@ -236,7 +247,7 @@ class LeanWs(asyncio.Protocol):
         elif opcode == BINARY:
             conn.handle_binary()
         elif opcode == PING:
-            self._write(control_frame(PONG, payload))
+            conn.control(PONG, payload)  # bounded and rate-limited like every frame
         elif opcode == CLOSE:
             self._on_close(payload)
 
@@ -269,8 +280,8 @@ class LeanWs(asyncio.Protocol):
             return
         self.idle += 1
         assert self._transport is not None
-        if self.idle == 2:
-            self._write(control_frame(PING))
+        if self.idle == 2 and self.conn is not None:
+            self.conn.heartbeat()
         elif self.idle > 2:
             self._transport.abort()
 
@@ -317,13 +328,14 @@ class LeanWs(asyncio.Protocol):
 class LeanFront:
     """The protocol factory of the lean front, and the heartbeat of its connections."""
 
-    def __init__(self, endpoint: WsEndpoint) -> None:
+    def __init__(self, endpoint: WsEndpoint, admission: Admission) -> None:
         self.endpoint = endpoint
+        self.admission = admission
         self.protocols: set[LeanWs] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
-    def __call__(self) -> LeanWs:
-        return LeanWs(self)
+    def __call__(self, address: str) -> LeanWs:
+        return LeanWs(self, address)
 
     def start(self) -> None:
         if self.endpoint.settings.heartbeat > 0:

@@ -25,6 +25,12 @@ class Cluster:
         nodes: list[str] = self.info["nodes"]
         return nodes
 
+    @property
+    def metrics(self) -> list[str]:
+        """Each node's metrics listener, in the order of `nodes`."""
+        metrics: list[str] = self.info["metrics"]
+        return metrics
+
     def pid(self, name: str) -> int:
         pid: int = self.info["pids"][name]
         return pid

@@ -51,7 +51,8 @@ async def test_nats_outage_loses_no_acknowledged_message(cluster: Cluster) -> No
         os.kill(nats["pid"], signal.SIGTERM)
         health = await eventually_status(on0, "degraded")
         assert health["broker"] is False and health["store"] is True
-        metrics = (await on0.call("GET", "/metrics")).body
+        async with http.get(cluster.metrics[0] + "/metrics") as resp:
+            metrics = await resp.text()
         assert 'courier_backend_up{backend="broker"} 0.0' in metrics
         await send("during")
 

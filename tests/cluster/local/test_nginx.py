@@ -137,7 +137,7 @@ async def test_one_user_lands_on_one_node(proxy: str, cluster: Cluster) -> None:
         for ws in sockets:
             await ws.recv()
         counts = []
-        for node in cluster.nodes:
+        for node in cluster.metrics:
             async with http.get(node + "/metrics") as resp:
                 text = await resp.text()
             found = re.search(r"^courier_connections (\S+)$", text, re.M)
@@ -159,7 +159,7 @@ async def test_websockets_through_nginx_take_the_lean_front(proxy: str, cluster:
             await ws.close()
             assert (await api.call("GET", f"/v1/conversations?u={dave.name}", user=dave)).status
         fronts = {"lean": 0.0, "aiohttp": 0.0}
-        for node in cluster.nodes:
+        for node in cluster.metrics:
             async with http.get(node + "/metrics") as resp:
                 text = await resp.text()
             for front in fronts:

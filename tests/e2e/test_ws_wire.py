@@ -163,6 +163,76 @@ async def test_frames_sent_with_the_upgrade_request_are_kept_in_order(api: Api) 
     ws.close()
 
 
+# ---- UTF-8, and what the server reads around a failure ------------------------------------
+@pytest.mark.parametrize(
+    "parts",
+    [
+        pytest.param([b'{"type":"ping","note":"\xff"}'], id="in-a-field-json-skips"),
+        pytest.param([b'{"type":"ping"}\xed\xa0\x80'], id="surrogate"),
+        pytest.param([b'{"type":"ping","note":"\xc3', b'("}'], id="broken-across-fragments"),
+    ],
+)
+async def test_text_that_is_not_utf8_closes_1007(api: Api, parts: list[bytes]) -> None:
+    """RFC 6455 8.1, also where JSON decoding alone would not look (a field it skips)."""
+    ws = await opened(api, await api.user())
+    for i, part in enumerate(parts):
+        ws.send(TEXT if i == 0 else CONT, part, fin=i == len(parts) - 1)
+    assert await ended(ws) == 1007
+    ws.close()
+
+
+async def test_a_character_split_across_fragments_is_read_whole(api: Api) -> None:
+    alice, bob = await api.user(), await api.user()
+    ws = await opened(api, alice)
+    data = send(bob.name, "naïve ☃", "u1")
+    data = data.replace(b"\\u00ef", "ï".encode()).replace(b"\\u2603", "☃".encode())
+    cut = data.index("☃".encode()) + 1
+    ws.send(TEXT, data[:cut], fin=False)
+    ws.send(CONT, data[cut:])
+    assert (await ws.json())["client_id"] == "u1"
+    events = (await api.events(bob)).body["events"]
+    assert [e["body"] for e in events] == ["naïve ☃"]
+    ws.close()
+
+
+async def test_a_send_before_a_violation_in_the_same_write_is_still_handled(api: Api) -> None:
+    alice, bob = await api.user(), await api.user()
+    ws = await opened(api, alice)
+    ws.send(TEXT, send(bob.name, "just before", "b1"))
+    ws.send(PING, b"", rsv=0x40)  # one write with the send: one read on the server
+    assert await ended(ws) == 1002
+    ws.close()
+
+    async def stored() -> bool:
+        return [e["body"] for e in (await api.events(bob)).body["events"]] == ["just before"]
+
+    await eventually(stored)
+
+
+async def test_bytes_after_a_close_frame_are_not_read(api: Api) -> None:
+    ws = await opened(api, await api.user())
+    ws.send(CLOSE, struct.pack("!H", 4001))
+    ws.writer.write(b"\xff" * 32)  # would be a protocol violation, were it read
+    assert await ended(ws) == 4001
+    ws.close()
+
+
+@overrides(frame_max_bytes=1000)
+async def test_a_client_still_sending_after_a_violation_gets_the_close_frame(api: Api) -> None:
+    """The server reads on (and drops) what follows a violation until the client closes: a
+    socket closed with bytes unread is reset, and the reset can lose the close frame."""
+    ws = await opened(api, await api.user())
+    head = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", 300_000) + b"mask"
+    ws.writer.write(head)
+    await asyncio.sleep(0.05)  # the server has failed the connection by now
+    for _ in range(20):
+        ws.writer.write(b"\x00" * 16_384)
+        await ws.writer.drain()  # a reset would raise here
+        await asyncio.sleep(0.005)
+    assert await ended(ws) == 1009
+    ws.close()
+
+
 # ---- the handshake -------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("headers", "status", "code"),

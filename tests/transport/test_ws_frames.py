@@ -44,6 +44,12 @@ payloads = st.binary(max_size=300) | st.builds(
     st.binary(min_size=1, max_size=4),
     st.integers(30, 20_000),
 )
+# Text is UTF-8 (its fragments may split a character); binary is anything.
+texts = st.text(max_size=100).map(str.encode) | st.builds(
+    lambda pattern, times: (pattern * times).encode(),
+    st.text(min_size=1, max_size=3),
+    st.integers(30, 7_000),
+)
 controls = st.tuples(st.sampled_from([PING, PONG]), st.binary(max_size=125))
 
 
@@ -54,7 +60,7 @@ def streams(draw: st.DrawFn) -> tuple[list[tuple[int, bytes]], bytes]:
     wire = b""
     for _ in range(draw(st.integers(0, 6))):
         opcode = draw(st.sampled_from([TEXT, BINARY]))
-        payload = draw(payloads)
+        payload = draw(texts if opcode == TEXT else payloads)
         cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=3)))
         pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
         for i, piece in enumerate(pieces):

@@ -3,8 +3,9 @@ frames a client sends. Servers never mask; Courier never compresses, so no exten
 negotiated and every reserved bit must be zero.
 
 Writing: all frames queued for a connection in one loop tick leave in a single write.
-Reading: the reader reassembles fragmented messages, answers nothing itself, and raises
-`FrameError` with the close code the connection must end with.
+Reading: the reader reassembles fragmented messages, checks that text messages are UTF-8
+(RFC 6455 8.1), answers nothing itself, and raises `FrameError` with the close code the
+connection must end with. It reads nothing after a close frame or a violation (1.4, 7.1.7).
 """
 
 from __future__ import annotations
@@ -80,20 +81,25 @@ def parse_close(payload: bytes) -> tuple[int, str]:
 
 
 class FrameError(Exception):
+    """A violation, with the close code; `messages` are the whole messages that came before
+    it in the same read, which the connection still handles before it fails."""
+
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.messages: list[tuple[int, bytes]] = []
 
 
 class FrameReader:
     """Client frames in, whole messages out: (opcode, payload) with the mask removed.
 
-    Control frames come out as they arrive, also between the fragments of a message. A data
-    message longer than `max_size` is refused as soon as its header says so.
+    Control frames come out as they arrive, also between the fragments of a message; they
+    do not count against the message's size. A data message longer than `max_size` is
+    refused as soon as its header says so. A close frame is the last thing read.
     """
 
-    __slots__ = ("_buf", "_fragments", "_need", "_opcode", "_size", "max_size")
+    __slots__ = ("_buf", "_done", "_fragments", "_need", "_opcode", "_size", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
@@ -102,8 +108,11 @@ class FrameReader:
         self._fragments: list[bytes] | None = None
         self._opcode = 0
         self._size = 0
+        self._done = False  # after a close frame or a violation, the rest is discarded
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        if self._done:
+            return []
         if self._buf:
             # A frame arriving in many small pieces is appended, not reparsed per piece.
             self._buf += data
@@ -113,35 +122,44 @@ class FrameReader:
         out: list[tuple[int, bytes]] = []
         pos, end = 0, len(data)
         need = 0
-        while pos < end:
-            if end - pos < 2:
-                need = 2
-                break
-            b0, b1 = data[pos], data[pos + 1]
-            if b0 & 0x70:
-                raise FrameError(PROTOCOL_ERROR, "reserved bits set (no extension was agreed)")
-            if not b1 & 0x80:
-                raise FrameError(PROTOCOL_ERROR, "client frames must be masked")
-            opcode, fin, n, head = b0 & 0x0F, b0 & 0x80, b1 & 0x7F, 6
-            if n == 126:
-                if end - pos < 4:
-                    need = 4
+        try:
+            while pos < end:
+                if end - pos < 2:
+                    need = 2
                     break
-                n, head = int.from_bytes(data[pos + 2 : pos + 4], "big"), 8
-            elif n == 127:
-                if end - pos < 10:
-                    need = 10
+                b0, b1 = data[pos], data[pos + 1]
+                if b0 & 0x70:
+                    raise FrameError(PROTOCOL_ERROR, "reserved bits set (no extension was agreed)")
+                if not b1 & 0x80:
+                    raise FrameError(PROTOCOL_ERROR, "client frames must be masked")
+                opcode, fin, n, head = b0 & 0x0F, b0 & 0x80, b1 & 0x7F, 6
+                if n == 126:
+                    if end - pos < 4:
+                        need = 4
+                        break
+                    n, head = int.from_bytes(data[pos + 2 : pos + 4], "big"), 8
+                elif n == 127:
+                    if end - pos < 10:
+                        need = 10
+                        break
+                    n, head = int.from_bytes(data[pos + 2 : pos + 10], "big"), 14
+                self._check(opcode, fin, n)
+                if end - pos < head + n:
+                    need = head + n
                     break
-                n, head = int.from_bytes(data[pos + 2 : pos + 10], "big"), 14
-            self._check(opcode, fin, n)
-            if end - pos < head + n:
-                need = head + n
-                break
-            payload = unmask(data[pos + head : pos + head + n], data[pos + head - 4 : pos + head])
-            pos += head + n
-            message = self._assemble(opcode, fin, payload)
-            if message is not None:
-                out.append(message)
+                mask = data[pos + head - 4 : pos + head]
+                payload = unmask(data[pos + head : pos + head + n], mask)
+                pos += head + n
+                message = self._assemble(opcode, fin, payload)
+                if message is not None:
+                    out.append(message)
+                    if opcode == CLOSE:  # RFC 6455 1.4: what follows a close is discarded
+                        self._done = True
+                        return out
+        except FrameError as exc:
+            self._done = True  # 7.1.7: nothing more is read from a failed connection
+            exc.messages = out
+            raise
         if pos < end:
             self._buf = bytearray(data[pos:])
             self._need = need
@@ -170,6 +188,9 @@ class FrameReader:
             return opcode, payload
         if opcode != CONTINUATION:
             if fin:
+                # RFC 6455 8.1; JSON text is mostly ASCII, which needs no decoding to check.
+                if opcode == TEXT and not payload.isascii():
+                    _check_utf8(payload)
                 return opcode, payload
             self._opcode, self._fragments, self._size = opcode, [payload], len(payload)
             return None
@@ -178,6 +199,15 @@ class FrameReader:
         self._size += len(payload)
         if not fin:
             return None
-        message = (self._opcode, b"".join(self._fragments))
+        whole = b"".join(self._fragments)
         self._fragments, self._size = None, 0
-        return message
+        if self._opcode == TEXT and not whole.isascii():
+            _check_utf8(whole)  # a character may be split across fragments: check the whole
+        return self._opcode, whole
+
+
+def _check_utf8(payload: bytes) -> None:
+    try:
+        payload.decode()
+    except UnicodeDecodeError:
+        raise FrameError(INVALID_DATA, "text message is not UTF-8") from None

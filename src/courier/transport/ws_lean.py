@@ -91,11 +91,11 @@ class LeanWs(asyncio.Protocol):
         if state == DONE:
             return
         self.idle = 0
+        failure = None
         try:
             messages = self._reader.feed(data)
-        except FrameError as exc:
-            self._fail(exc)
-            return
+        except FrameError as exc:  # what came before the violation is still handled
+            messages, failure = exc.messages, exc
         for opcode, payload in messages:
             if self._state == OPEN:
                 self._on_message(opcode, payload)
@@ -103,6 +103,8 @@ class LeanWs(asyncio.Protocol):
                 self._on_close(payload)
             elif self._state == SETUP:
                 self._early(opcode, payload)
+        if failure is not None:
+            self._fail(failure)
 
     def eof_received(self) -> bool:
         return False  # the transport closes itself
@@ -266,13 +268,26 @@ class LeanWs(asyncio.Protocol):
         transport.close()
 
     def _fail(self, exc: FrameError) -> None:
-        """A protocol violation: say why, and hang up without reading more."""
+        """A protocol violation: say why, serve nothing more, and end the connection.
+
+        The close frame is followed by a half-close, and what the client still sends is read
+        and dropped (the reader takes nothing after a violation) until it closes its side,
+        or CLOSE_WAIT passes. Closing with the client's bytes unread would reset the
+        connection, and a reset can destroy the close frame before the client reads it: a
+        browser that sent a message over the limit then sees 1006 instead of 1009."""
         transport = self._transport
         assert transport is not None
-        if self._state not in (CLOSING, DONE):
-            self._write(close_frame(exc.code, exc.reason))
+        if self._state in (CLOSING, DONE) or transport.is_closing():
+            self._state = max(self._state, CLOSING)
+            transport.close()
+            return
+        self._write(close_frame(exc.code, exc.reason))
         self._state = CLOSING
-        transport.close()
+        if self.conn is not None:
+            self.conn.close(exc.code, exc.reason)  # it queues nothing more
+        transport.write_eof()
+        transport.resume_reading()
+        self._arm(CLOSE_WAIT)
 
     def beat(self) -> None:
         """One heartbeat tick (every heartbeat / 2 seconds)."""

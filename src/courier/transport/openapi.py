@@ -77,7 +77,32 @@ _SENT = {
         "client_id": {"type": "string"},
     },
 }
-_AUTH_ERRORS = {"401": _error("No token, or an invalid or revoked one.")}
+_SESSION = {
+    "type": "object",
+    "description": "One of the caller's sessions (a login: one bearer token).",
+    "required": ["id", "created_ts", "last_used_ts", "user_agent", "current"],
+    "properties": {
+        "id": {
+            "type": "string",
+            "pattern": wire.SESSION_ID_PATTERN,
+            "description": "The session's public id (not its token).",
+        },
+        "created_ts": {"type": "integer", "description": "Login time, ms since the epoch."},
+        "last_used_ts": {
+            "type": "integer",
+            "description": "Last use, ms since the epoch; recorded about once an hour.",
+        },
+        "user_agent": {
+            "type": "string",
+            "maxLength": 256,
+            "description": "The User-Agent header of the login (empty when there was none).",
+        },
+        "current": {"type": "boolean", "description": "The session of this request's token."},
+    },
+}
+_AUTH_ERRORS = {
+    "401": _error("No token, an invalid or revoked one, or a session expired by disuse.")
+}
 
 
 def build_openapi() -> dict[str, Any]:
@@ -85,7 +110,7 @@ def build_openapi() -> dict[str, Any]:
         [wire.Credentials, wire.LoginBody, wire.SendBody, wire.AckBody, wire.ReadBody],
         ref_template=_REF,
     )
-    components.update({"Event": _EVENT, "Error": _ERROR, "Sent": _SENT})
+    components.update({"Event": _EVENT, "Error": _ERROR, "Sent": _SENT, "Session": _SESSION})
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     paths: dict[str, Any] = {
         "/v1/users": {
@@ -123,13 +148,58 @@ def build_openapi() -> dict[str, Any]:
                     },
                     "401": _error("invalid_credentials"),
                 },
-            }
+            },
+            "get": {
+                "summary": "The caller's sessions, most recently used first (at most 100)",
+                "security": secured,
+                "responses": {
+                    "200": {
+                        "description": "Sessions",
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["sessions"],
+                                "properties": {
+                                    "sessions": {
+                                        "type": "array",
+                                        "maxItems": 100,
+                                        "items": _ref("Session"),
+                                    }
+                                },
+                            }
+                        ),
+                    },
+                    **_AUTH_ERRORS,
+                },
+            },
         },
         "/v1/sessions/current": {
             "delete": {
                 "summary": "Log out: the token stops working everywhere",
                 "security": secured,
                 "responses": {"204": {"description": "Logged out"}, **_AUTH_ERRORS},
+            }
+        },
+        "/v1/sessions/{id}": {
+            "delete": {
+                "summary": "End one of the caller's sessions: its token stops working and its "
+                "live connections close, on every node",
+                "security": secured,
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "description": "A session id from GET /v1/sessions.",
+                        "schema": {"type": "string", "pattern": wire.SESSION_ID_PATTERN},
+                    }
+                ],
+                "responses": {
+                    "204": {"description": "Ended"},
+                    "400": _error("The id is not a session id (16 hexadecimal digits)."),
+                    "404": _error("unknown_session: not one of the caller's sessions."),
+                    **_AUTH_ERRORS,
+                },
             }
         },
         "/v1/messages": {

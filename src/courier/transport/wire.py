@@ -23,6 +23,8 @@ AnyName = Annotated[str, msgspec.Meta(max_length=64)]  # checked by the service 
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 Body = str  # its bound is configurable, so the service checks it
+SESSION_ID_PATTERN = "^[0-9a-f]{16}$"
+SESSION_ID = re.compile(SESSION_ID_PATTERN[1:-1])  # a path parameter, matched whole
 
 
 class Credentials(msgspec.Struct):

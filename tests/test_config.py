@@ -17,6 +17,12 @@ def test_defaults_match_the_protocol() -> None:
     assert s.argon2_time_cost >= 2 and s.argon2_memory_kib >= 19456
 
 
+def test_sessions_expire_after_30_idle_days_unless_set_to_0_for_never() -> None:
+    assert load_settings(env={}).session_idle_days == 30
+    assert load_settings(env={"COURIER_SESSION_IDLE_DAYS": "0"}).session_idle_days == 0
+    assert load_settings(env={"COURIER_SESSION_IDLE_DAYS": "7.5"}).session_idle_days == 7.5
+
+
 def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
     cfg = tmp_path / "courier.toml"
     cfg.write_text('[courier]\nport = 9000\ndata-dir = "/srv/courier"\nsend_rate = 5.5\n')
@@ -39,6 +45,7 @@ def test_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
         ({"COURIER_PORT": "70000"}, "port"),
         ({"COURIER_SEND_RATE": "0"}, "send_rate"),
         ({"COURIER_RETENTION_DAYS": "-1"}, "retention_days"),
+        ({"COURIER_SESSION_IDLE_DAYS": "-0.5"}, "session_idle_days"),
     ],
 )
 def test_bad_values_are_refused_with_their_name(env: dict[str, str], message: str) -> None:

@@ -66,6 +66,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Retention (0 = keep forever)
     retention_days: float = 0.0
     retention_interval: float = 3600.0
+    # Sessions: a token unused for longer is refused and deleted (0 = never)
+    session_idle_days: float = 30.0
     # Password hashing (argon2id; OWASP's minimum is t=2, m=19 MiB)
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19456
@@ -185,5 +187,7 @@ def _check(s: Settings) -> None:
         raise ValueError("setting metrics_token must be at least 16 characters")
     if s.retention_days < 0:
         raise ValueError("setting retention_days must be 0 (off) or positive")
+    if s.session_idle_days < 0:
+        raise ValueError("setting session_idle_days must be 0 (never expire) or positive")
     if not 0 < s.longpoll_max_wait <= 3600:
         raise ValueError("setting longpoll_max_wait must be in (0, 3600]")

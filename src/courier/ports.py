@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from courier.domain.ops import Conversation, TokenRecord, UserRecord, WriteOp
+from courier.domain.ops import Conversation, SessionRecord, TokenRecord, UserRecord, WriteOp
 
 
 class Store(Protocol):
@@ -30,6 +30,15 @@ class Store(Protocol):
     async def get_user(self, username: str) -> UserRecord | None: ...
 
     async def get_token(self, token_hash: bytes) -> TokenRecord | None: ...
+
+    async def sessions(self, user: str, limit: int) -> list[SessionRecord]:
+        """`user`'s sessions, most recently used first, at most `limit`: one read of the
+        user's own keys."""
+        ...
+
+    async def get_session(self, user: str, session_id: str) -> SessionRecord | None:
+        """The session of `user` with this id, or None (also for another user's id)."""
+        ...
 
     async def head(self, user: str) -> int: ...
 

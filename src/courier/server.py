@@ -96,7 +96,13 @@ class Server:
             parallelism=settings.argon2_parallelism,
         )
         throttle = AuthThrottle(ThrottleSettings.of(settings))
-        self.accounts = Accounts(self.store, self.broker, hasher, throttle=throttle)
+        self.accounts = Accounts(
+            self.store,
+            self.broker,
+            hasher,
+            throttle=throttle,
+            session_idle_days=settings.session_idle_days,
+        )
         self.delivery = Delivery(
             self.store,
             self.broker,
@@ -115,6 +121,7 @@ class Server:
         self._listener: asyncio.Server | None = None
         self._lean: LeanFront | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._keep_alive: asyncio.Task[None] | None = None
         self.port = settings.port
 
     @property
@@ -209,6 +216,12 @@ class Server:
         self.port = self._listener.sockets[0].getsockname()[1]
         if s.metrics_listen != "off":
             await self._start_metrics(api, s.metrics_listen)
+        # Open connections are use of their sessions: recorded about once an hour.
+        self._keep_alive = asyncio.create_task(
+            self.accounts.run_keep_alive(
+                lambda: [sub.token_hash for sub in self.registry.subscribers()]
+            )
+        )
         if s.retention_days > 0:
             self._retention = asyncio.create_task(
                 run_retention(self.store, s.retention_days, s.retention_interval, self.metrics)
@@ -233,6 +246,10 @@ class Server:
             self._retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention
+        if self._keep_alive is not None:
+            self._keep_alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keep_alive
         if self._listener is not None:
             self._listener.close()
         if self._runner is not None:

@@ -21,8 +21,9 @@ from tests.helpers import Api, unique
 
 CONTRACT_PATHS = {
     "/v1/users": {"post"},
-    "/v1/sessions": {"post"},
+    "/v1/sessions": {"post", "get"},
     "/v1/sessions/current": {"delete"},
+    "/v1/sessions/{id}": {"delete"},
     "/v1/messages": {"post"},
     "/v1/events": {"get"},
     "/v1/ack": {"post"},

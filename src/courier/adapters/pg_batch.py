@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from courier.adapters.pg_schema import Conn
+from courier.adapters.pg_sessions import SessionRow, SessionWrites, TokenRow
 from courier.domain.errors import CourierError, bad_request, unknown_user
 from courier.domain.events import (
     MessageEvent,
@@ -41,12 +42,9 @@ from courier.domain.ops import (
     AppendMessage,
     AppendReceipt,
     CreateUser,
-    DeleteToken,
     MarkRead,
     Published,
-    PutToken,
     SendResult,
-    TokenRecord,
 )
 from courier.domain.shards import shard_of
 
@@ -99,8 +97,10 @@ class Resolve(msgspec.Struct, frozen=True):
 
 
 ServerOp = (
-    CreateUser | PutToken | DeleteToken | Pair | RecipientSide | SenderSide | AdvanceAck
-) | (MarkRead | AppendReceipt)
+    (CreateUser | TokenRow | SessionRow | AdvanceAck)
+    | (Pair | RecipientSide | SenderSide)
+    | (MarkRead | AppendReceipt)
+)
 
 
 # ---- seqs known only after allocation -------------------------------------------------------
@@ -201,7 +201,7 @@ class PgBatch:
         self._acks_dirty: set[tuple[str, str]] = set()
         self._markers: dict[tuple[str, str, str], int] = {}
         self._markers_dirty: set[tuple[str, str, str]] = set()
-        self._tokens: dict[bytes, TokenRecord | None] = {}
+        self._sessions = SessionWrites()
         self._lookups: dict[int, tuple[int, SeqRef | None, str | None]] = {}
         self._need: dict[str, int] = {}
         self._slots: list[Slot] = []
@@ -346,11 +346,8 @@ class PgBatch:
             return self._sender_side(op.op, op.incoming)
         if isinstance(op, CreateUser):
             return self._create_user(op)
-        if isinstance(op, PutToken):
-            self._tokens[op.token_hash] = TokenRecord(op.username, op.device, op.ts)
-            return None
-        if isinstance(op, DeleteToken):
-            self._tokens[op.token_hash] = None
+        if isinstance(op, TokenRow | SessionRow):
+            self._sessions.plan(op)
             return None
         if isinstance(op, AdvanceAck):
             return self._advance_ack(op)
@@ -702,26 +699,11 @@ class PgBatch:
         ]
 
     async def _write_small(self) -> None:
-        """Tokens, acks and receipt markers: rare next to messages, one statement each."""
+        """Tokens, sessions, acks and receipt markers: rare next to messages, one statement
+        each."""
         conn = self.conn
-        if self._tokens:
-            gone = [h for h, rec in self._tokens.items() if rec is None]
-            put = [(h, rec) for h, rec in self._tokens.items() if rec is not None]
-            if gone:
-                await conn.execute("DELETE FROM tokens WHERE token_hash = ANY($1::bytea[])", gone)
-            if put:
-                await conn.execute(
-                    "INSERT INTO tokens AS t (token_hash, shard, username, device, created)"
-                    " SELECT * FROM unnest($1::bytea[], $2::int2[], $3::text[], $4::text[],"
-                    " $5::bigint[]) ON CONFLICT (token_hash) DO UPDATE SET"
-                    " username = EXCLUDED.username, device = EXCLUDED.device,"
-                    " created = EXCLUDED.created",
-                    [h for h, _ in put],
-                    _shards([h for h, _ in put]),
-                    [r.username for _, r in put],
-                    [r.device for _, r in put],
-                    [r.created for _, r in put],
-                )
+        if self._sessions:
+            await self._sessions.write(conn)
         if self._acks_dirty:
             keys = sorted(self._acks_dirty)
             await conn.execute(

@@ -33,14 +33,13 @@ from courier.adapters.pg_batch import (
     SweepUsers,
 )
 from courier.adapters.pg_schema import Conn
+from courier.adapters.pg_sessions import SessionRow, TokenRow
 from courier.adapters.pg_shardmap import ShardMap, read_shard_map
 from courier.domain.ops import (
     AdvanceAck,
     AppendReceipt,
     CreateUser,
-    DeleteToken,
     MarkRead,
-    PutToken,
 )
 from courier.domain.shards import LOGICAL_SHARDS, shard_of
 
@@ -74,8 +73,10 @@ def op_shards(op: ServerOp) -> tuple[int, ...]:
         return (shard_of(op.op.sender),)
     if isinstance(op, CreateUser):
         return (shard_of(op.username),)
-    if isinstance(op, PutToken | DeleteToken):
-        return (shard_of(op.token_hash),)
+    if isinstance(op, TokenRow):
+        return (shard_of(op.op.token_hash),)
+    if isinstance(op, SessionRow):
+        return (shard_of(op.op.username),)
     if isinstance(op, AdvanceAck | MarkRead):
         return (shard_of(op.user),)
     assert isinstance(op, AppendReceipt)

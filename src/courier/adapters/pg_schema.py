@@ -165,6 +165,31 @@ MIGRATIONS: list[tuple[int, str]] = [
         $$;
         """,
     ),
+    (
+        3,
+        """
+        -- Sessions. A token's row gains its last use and the user agent given at login; a
+        -- row written before this version has no last use (NULL) until the store lists it
+        -- among its user's sessions (at the next start, or at its first use, see
+        -- pg_sessions), and the partial index finds those rows at no cost to the others.
+        ALTER TABLE tokens ADD COLUMN last_used bigint,
+            ADD COLUMN user_agent text NOT NULL DEFAULT '';
+        CREATE INDEX tokens_unlisted ON tokens (shard) WHERE last_used IS NULL;
+
+        -- A user's sessions on the user's shard, so listing them is one read on one server
+        -- (tokens are placed by their hash). id: the session's public id (not the token).
+        CREATE TABLE sessions (
+            shard smallint NOT NULL,
+            owner text COLLATE "C" NOT NULL,
+            id text NOT NULL,
+            token_hash bytea NOT NULL,
+            created bigint NOT NULL,
+            last_used bigint NOT NULL,
+            user_agent text NOT NULL DEFAULT '',
+            PRIMARY KEY (shard, owner, id)
+        ) WITH (fillfactor = 80);  -- no index on last_used: a recorded use stays HOT
+        """,
+    ),
 ]
 
 

@@ -7,7 +7,7 @@
    repeatable-read snapshot per round: a head and the rows below it agree), with the dedupe
    keys of those rows (and the keys a retry will look for once a sender and its recipient no
    longer share a server, see `_Mover._append_chunk`); heads, conversations, acks, receipt
-   markers, users and tokens are mirrored whole, deletions included (a token revoked
+   markers, users, tokens and sessions are mirrored whole, deletions included (a token revoked
    meanwhile stays revoked).
 3. Freeze the shard on the source (`shard_fence`, under the exclusive fence lock, which waits
    for the writer batches in flight); from then on nodes hold the shard's writes back.
@@ -44,7 +44,7 @@ from courier.domain.shards import LOGICAL_SHARDS, shard_of
 _MOVE_LOCK = MIGRATION_LOCK + 2
 # Tables whose rows carry the owner's shard, and how a round copies them.
 APPENDED = ("timeline", "dedupe")
-MIRRORED = ("users", "tokens", "heads", "conversations", "acks", "receipts")
+MIRRORED = ("users", "tokens", "sessions", "heads", "conversations", "acks", "receipts")
 _NOT_MOVED = ("shard_map", "shard_fence")
 _CHUNK = 5000
 

@@ -2,7 +2,8 @@
 
 Placement: a user's rows live on the server of `shard_of(user)` per the shard map kept in the
 first server (the directory); a token's row on the server of `shard_of(token_hash)`, so a
-bearer token is resolved without knowing its user (nothing needs a user's list of tokens).
+bearer token is resolved without knowing its user, and the same login's session row on the
+user's server, so a user's sessions are one read (see pg_sessions for how the two agree).
 
 Writes: one writer task per server drains that server's queue and applies everything queued
 (up to `batch_max`) in one transaction: one commit, one WAL flush, whatever the batch size.
@@ -62,6 +63,7 @@ from courier.adapters.pg_movefence import (
     op_shards,
 )
 from courier.adapters.pg_schema import Conn, migrate
+from courier.adapters.pg_sessions import halves
 from courier.adapters.pg_shardmap import ShardMap, load_shard_map
 from courier.domain.errors import store_unavailable
 from courier.domain.ops import (
@@ -73,8 +75,10 @@ from courier.domain.ops import (
     DeleteToken,
     MarkRead,
     PutToken,
+    SessionRecord,
     Sweep,
     TokenRecord,
+    TouchToken,
     UserRecord,
     WriteOp,
 )
@@ -328,6 +332,7 @@ class PgStore:
             self._writers.append(writer)
         self._follower = MapFollower(self, self._dsns[0], refresh=self._map_refresh)
         self._follower.start()
+        await self._list_old_tokens()
 
     async def close(self) -> None:
         """Finish what was submitted (both halves of every send), then stop."""
@@ -433,11 +438,54 @@ class PgStore:
             self._send(op, fut)
         elif isinstance(op, Sweep):
             self._spawn(self._sweep(op, fut))
-        elif isinstance(
-            op, CreateUser | PutToken | DeleteToken | AdvanceAck | MarkRead | AppendReceipt
-        ):
+        elif isinstance(op, PutToken | TouchToken | DeleteToken):
+            self._spawn(self._token_write(op, fut))
+        elif isinstance(op, CreateUser | AdvanceAck | MarkRead | AppendReceipt):
             self._route(op, fut)
         return fut
+
+    async def _token_write(
+        self, op: PutToken | TouchToken | DeleteToken, fut: asyncio.Future[Any]
+    ) -> None:
+        """The two halves of a token operation, the second once the first is durable."""
+        assert self._loop is not None
+        try:
+            for half in halves(op):
+                done: asyncio.Future[Any] = self._loop.create_future()
+                self._route(half, done)
+                await done
+        except Exception as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+            return
+        if not fut.done():
+            fut.set_result(None)
+
+    async def _list_old_tokens(self) -> None:
+        """Tokens written before sessions were listed (no last use) join their users'
+        sessions, as used now, through the write path (so fences hold for them too). Once
+        every such row is done this is one empty index read per server; a failure leaves
+        the rest for the next start (or their first use)."""
+        now = int(time.time() * 1000)
+        for server in range(len(self._pools)):
+            shards = self.shard_map.shards_on(server)
+            for _ in range(1000):
+                try:
+                    rows = await self._fetch(
+                        server,
+                        "SELECT token_hash, username, device, created FROM tokens"
+                        " WHERE last_used IS NULL AND shard = ANY($1::int2[]) LIMIT 1000",
+                        list(shards),
+                    )
+                    if not rows:
+                        break
+                    await asyncio.gather(
+                        *(self.submit(TouchToken(r[0], r[1], r[2], now, r[3])) for r in rows)
+                    )
+                except Exception as exc:
+                    log.warning("listing tokens of server %d among sessions: %r", server, exc)
+                    break
+                log.info("listed %d tokens of server %d among sessions", len(rows), server)
 
     def _send(self, op: AppendMessage, fut: asyncio.Future[Any]) -> None:
         recipient, sender = self.server_of(op.recipient), self.server_of(op.sender)
@@ -592,10 +640,33 @@ class PgStore:
     async def get_token(self, token_hash: bytes) -> TokenRecord | None:
         row = await self._fetchrow(
             self.server_of(token_hash),
-            "SELECT username, device, created FROM tokens WHERE token_hash = $1",
+            "SELECT username, device, created, last_used, user_agent FROM tokens"
+            " WHERE token_hash = $1",
             token_hash,
         )
-        return None if row is None else TokenRecord(row[0], row[1], row[2])
+        return None if row is None else TokenRecord(row[0], row[1], row[2], row[3] or 0, row[4])
+
+    async def sessions(self, user: str, limit: int) -> list[SessionRecord]:
+        rows = await self._fetch(
+            self.server_of(user),
+            "SELECT id, token_hash, created, last_used, user_agent FROM sessions"
+            " WHERE shard = $1 AND owner = $2 ORDER BY last_used DESC, id DESC LIMIT $3",
+            shard_of(user),
+            user,
+            limit,
+        )
+        return [SessionRecord(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def get_session(self, user: str, session_id: str) -> SessionRecord | None:
+        row = await self._fetchrow(
+            self.server_of(user),
+            "SELECT token_hash, created, last_used, user_agent FROM sessions"
+            " WHERE shard = $1 AND owner = $2 AND id = $3",
+            shard_of(user),
+            user,
+            session_id,
+        )
+        return None if row is None else SessionRecord(session_id, row[0], row[1], row[2], row[3])
 
     async def head(self, user: str) -> int:
         row = await self._fetchrow(

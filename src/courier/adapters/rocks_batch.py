@@ -36,6 +36,7 @@ from courier.domain.ops import (
     SendResult,
     Sweep,
     TokenRecord,
+    TouchToken,
     UserRecord,
     WriteOp,
 )
@@ -170,12 +171,31 @@ class Batch:
         self.new_users.append(op.username)
         return True
 
+    # A token record and its key among its user's sessions change together, in one
+    # WriteBatch; the record, not the operation, names the user and the id.
+    def _token(self, token_hash: bytes) -> TokenRecord | None:
+        raw = self.get(K.token_key(token_hash))
+        return None if raw is None else msgspec.msgpack.decode(raw, type=TokenRecord)
+
     def put_token(self, op: PutToken) -> None:
-        record = TokenRecord(op.username, op.device, op.ts)
+        record = TokenRecord(op.username, op.device, op.ts, op.ts, op.user_agent)
         self.put(K.token_key(op.token_hash), msgspec.msgpack.encode(record))
+        self.wb.put(K.session_key(op.username, op.device), op.token_hash)
 
     def delete_token(self, op: DeleteToken) -> None:
-        self.delete(K.token_key(op.token_hash))
+        record = self._token(op.token_hash)
+        if record is not None:
+            self.wb.delete(K.session_key(record.username, record.device))
+            self.delete(K.token_key(op.token_hash))
+
+    def touch_token(self, op: TouchToken) -> None:
+        record = self._token(op.token_hash)
+        if record is None or op.ts <= record.last_used:
+            return  # deleted meanwhile (stays deleted), or already as recent
+        if not record.last_used:  # written before sessions were listed: not indexed yet
+            self.wb.put(K.session_key(record.username, record.device), op.token_hash)
+        used = msgspec.structs.replace(record, last_used=op.ts)
+        self.put(K.token_key(op.token_hash), msgspec.msgpack.encode(used))
 
     def append_message(self, op: AppendMessage) -> SendResult:
         sender, recipient = op.sender, op.recipient
@@ -346,6 +366,7 @@ _HANDLERS: dict[type, str] = {
     CreateUser: "create_user",
     PutToken: "put_token",
     DeleteToken: "delete_token",
+    TouchToken: "touch_token",
     AppendMessage: "append_message",
     AdvanceAck: "advance_ack",
     MarkRead: "mark_read",

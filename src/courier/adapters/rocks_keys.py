@@ -35,6 +35,24 @@ def token_key(token_hash: bytes) -> bytes:
     return b"k" + token_hash
 
 
+TOKEN_PREFIX = b"k"
+
+
+def session_prefix(user: str) -> bytes:
+    return b"s" + _u(user) + SEP
+
+
+def session_key(user: str, session_id: str) -> bytes:
+    """A user's sessions by id (the value: the token hash). The key never moves when the
+    session is used, so using sessions leaves no deleted keys in the user's range."""
+    return session_prefix(user) + session_id.encode()
+
+
+# The layout's version, absent in stores written before sessions were indexed by user.
+FORMAT_KEY = b"\x00format"
+FORMAT_SESSIONS = 1
+
+
 def head_key(user: str) -> bytes:
     return b"h" + _u(user)
 

@@ -35,12 +35,20 @@ from courier.adapters import rocks_keys as K
 from courier.adapters.rocks_batch import Batch
 from courier.adapters.rocks_wal import WalSync
 from courier.domain.errors import CourierError, store_unavailable
-from courier.domain.ops import Conversation, TokenRecord, UserRecord, WriteOp
+from courier.domain.ops import (
+    Conversation,
+    SessionRecord,
+    TokenRecord,
+    TouchToken,
+    UserRecord,
+    WriteOp,
+)
 from courier.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 _Item = tuple[WriteOp, "asyncio.Future[Any]"]
+SESSIONS_SCAN_MAX = 1000  # session keys read per listing, whatever a user holds
 
 
 def _options(cache_mb: int) -> Options:
@@ -99,6 +107,7 @@ class RocksStore:
         self._db = Rdict(self._path, opts, column_families={"default": opts})
         self._loop = asyncio.get_running_loop()
         self._wal_broken = False
+        await asyncio.to_thread(self._index_sessions)
         self._thread = threading.Thread(target=self._run, name="courier-store-writer", daemon=True)
         self._thread.start()
 
@@ -120,6 +129,32 @@ class RocksStore:
         if self._db is None:
             raise store_unavailable()
         return self._db
+
+    def _index_sessions(self) -> None:
+        """Once, on a store written before sessions were listed: every token joins its
+        user's sessions, as last used now (its real last use was never recorded). Runs
+        before the writer starts, so it is the only mutator."""
+        db = self.db
+        if db.get(K.FORMAT_KEY) is not None:
+            return
+        now = int(time.time() * 1000)
+        batch = Batch(db, set())
+        it = db.iter()
+        it.seek(K.TOKEN_PREFIX)
+        found = 0
+        while it.valid() and it.key().startswith(K.TOKEN_PREFIX):
+            record = msgspec.msgpack.decode(it.value(), type=TokenRecord)
+            if not record.last_used:
+                op = TouchToken(it.key()[1:], record.username, record.device, now, record.created)
+                batch.touch_token(op)
+                found += 1
+            it.next()
+        batch.put(K.FORMAT_KEY, K.pack_u64(K.FORMAT_SESSIONS))
+        opts = WriteOptions()
+        opts.sync = self._sync
+        db.write(batch.wb, opts)
+        if found:
+            log.info("indexed %d tokens by user (sessions listing)", found)
 
     # ---- writes -------------------------------------------------------------------------
     def submit(self, op: WriteOp) -> asyncio.Future[Any]:
@@ -230,6 +265,37 @@ class RocksStore:
         raw = self.db.get(K.token_key(token_hash))
         return None if raw is None else msgspec.msgpack.decode(raw, type=TokenRecord)
 
+    async def sessions(self, user: str, limit: int) -> list[SessionRecord]:
+        """The user's session keys (few: the service caps them per user; the scan is
+        bounded all the same), their records in one multi-get, sorted by last use."""
+        prefix = K.session_prefix(user)
+        it = self.db.iter()
+        it.seek(prefix)
+        found: list[tuple[str, bytes]] = []
+        while len(found) < SESSIONS_SCAN_MAX and it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            found.append((key[len(prefix) :].decode(), it.value()))
+            it.next()
+        if not found:
+            return []
+        records = self._multi_get([K.token_key(token_hash) for _, token_hash in found])
+        out = [
+            _session(session_id, token_hash, raw)
+            for (session_id, token_hash), raw in zip(found, records, strict=True)
+            if raw is not None
+        ]
+        out.sort(key=lambda s: (s.last_used, s.id), reverse=True)
+        return out[:limit]
+
+    async def get_session(self, user: str, session_id: str) -> SessionRecord | None:
+        token_hash = self.db.get(K.session_key(user, session_id))
+        if token_hash is None:
+            return None
+        raw = self.db.get(K.token_key(token_hash))
+        return None if raw is None else _session(session_id, token_hash, raw)
+
     async def head(self, user: str) -> int:
         raw = self.db.get(K.head_key(user))
         return K.unpack_u64(raw) if raw else 0
@@ -311,6 +377,12 @@ class RocksStore:
         return [
             (seq, K.event_of(raw)) for seq, raw in zip(seqs, values, strict=True) if raw is not None
         ]
+
+
+def _session(session_id: str, token_hash: bytes, raw: bytes) -> SessionRecord:
+    record = msgspec.msgpack.decode(raw, type=TokenRecord)
+    last_used = record.last_used or record.created
+    return SessionRecord(session_id, token_hash, record.created, last_used, record.user_agent)
 
 
 def _resolve(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:

@@ -27,14 +27,34 @@ class CreateUser(msgspec.Struct, frozen=True):
 
 
 class PutToken(msgspec.Struct, frozen=True):
+    """A login: a new token of `username`, its session id (`device`), created and last used
+    at `ts`, with the user agent it was given (already bounded)."""
+
     token_hash: bytes
     username: str
     device: str
     ts: int
+    user_agent: str = ""
 
 
 class DeleteToken(msgspec.Struct, frozen=True):
+    """A logout or an ended session: the token and its place in its user's sessions."""
+
     token_hash: bytes
+    username: str
+    device: str
+
+
+class TouchToken(msgspec.Struct, frozen=True):
+    """A token was used at `ts`: its last-used time moves up (never down), and a token
+    deleted meanwhile stays deleted. `created` is set only for a token written before
+    sessions were listed (no last use recorded): it joins its user's sessions if missing."""
+
+    token_hash: bytes
+    username: str
+    device: str
+    ts: int
+    created: int = 0
 
 
 class AppendMessage(msgspec.Struct, frozen=True):
@@ -107,6 +127,7 @@ WriteOp = (
     CreateUser
     | PutToken
     | DeleteToken
+    | TouchToken
     | AppendMessage
     | AdvanceAck
     | MarkRead
@@ -122,9 +143,25 @@ class UserRecord(msgspec.Struct, frozen=True):
 
 
 class TokenRecord(msgspec.Struct, frozen=True):
+    """A bearer token as stored. `device` is its session id, public (not the token).
+    Records written before sessions were listed have neither `last_used` (0: unknown) nor
+    `user_agent`; they decode with these defaults."""
+
     username: str
     device: str
     created: int
+    last_used: int = 0
+    user_agent: str = ""
+
+
+class SessionRecord(msgspec.Struct, frozen=True):
+    """One of a user's sessions as listed: the token it stands for and when it was used."""
+
+    id: str
+    token_hash: bytes
+    created: int
+    last_used: int
+    user_agent: str
 
 
 class Conversation(msgspec.Struct, frozen=True):

@@ -159,7 +159,9 @@ class HttpApi:
         return [
             web.post("/v1/users", self.register),
             web.post("/v1/sessions", self.login),
+            web.get("/v1/sessions", self.list_sessions),
             web.delete("/v1/sessions/current", self.logout),
+            web.delete("/v1/sessions/{id}", self.end_session),
             web.post("/v1/messages", self.send),
             web.get("/v1/events", self.events),
             web.post("/v1/ack", self.ack),
@@ -183,11 +185,26 @@ class HttpApi:
 
     async def login(self, request: web.Request) -> web.Response:
         body = await self.decode(request, wire.LoginBody)
-        token = await self.accounts.login(body.username, body.password, self.address(request))
+        agent = request.headers.get("User-Agent", "")
+        token = await self.accounts.login(
+            body.username, body.password, self.address(request), user_agent=agent
+        )
         return json_response({"token": token, "username": body.username}, 201)
 
     async def logout(self, request: web.Request) -> web.Response:
         await self.accounts.logout(await self.session(request))
+        return web.Response(status=204)
+
+    async def list_sessions(self, request: web.Request) -> web.Response:
+        sessions = await self.accounts.sessions(await self.session(request))
+        return json_response({"sessions": sessions})
+
+    async def end_session(self, request: web.Request) -> web.Response:
+        session = await self.session(request)
+        session_id = request.match_info["id"]
+        if not wire.SESSION_ID.fullmatch(session_id):
+            raise bad_request("A session id is 16 hexadecimal digits (0-9, a-f).")
+        await self.accounts.end_session(session, session_id)
         return web.Response(status=204)
 
     async def send(self, request: web.Request) -> web.Response:

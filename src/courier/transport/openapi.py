@@ -116,6 +116,29 @@ _SENT = {
         "client_id": {"type": "string"},
     },
 }
+_SESSION = {
+    "type": "object",
+    "description": "One of the caller's sessions (a login: one bearer token).",
+    "required": ["id", "created_ts", "last_used_ts", "user_agent", "current"],
+    "properties": {
+        "id": {
+            "type": "string",
+            "pattern": wire.SESSION_ID_PATTERN,
+            "description": "The session's public id (not its token).",
+        },
+        "created_ts": {"type": "integer", "description": "Login time, ms since the epoch."},
+        "last_used_ts": {
+            "type": "integer",
+            "description": "Last use, ms since the epoch; recorded about once an hour.",
+        },
+        "user_agent": {
+            "type": "string",
+            "maxLength": 256,
+            "description": "The User-Agent header of the login (empty when there was none).",
+        },
+        "current": {"type": "boolean", "description": "The session of this request's token."},
+    },
+}
 _HEALTH = {
     "type": "object",
     "required": ["status", "store"],
@@ -182,7 +205,8 @@ def _use(name: str) -> dict[str, Any]:
 _RETRY = {"Retry-After": _RETRY_AFTER}
 _SHARED: dict[str, Any] = {
     "Unauthorized": _error(
-        "`unauthorized`: no bearer token, or an invalid or revoked one.",
+        "`unauthorized`: no bearer token, an invalid or revoked one, or a session expired by"
+        " disuse.",
         **{"WWW-Authenticate": _WWW_AUTHENTICATE},
     ),
     "Unavailable": _error(
@@ -256,7 +280,7 @@ def _components(limits: Limits) -> dict[str, Any]:
     components["SendBody"]["properties"]["body"].update(
         minLength=1, maxLength=limits.body_max_chars
     )
-    components.update({"Event": _EVENT, "Error": _ERROR, "Sent": _SENT})
+    components.update({"Event": _EVENT, "Error": _ERROR, "Sent": _SENT, "Session": _SESSION})
     return components
 
 
@@ -351,6 +375,59 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
                         "201": logged_in,
                         **_body_errors(),
                         "401": _error("`invalid_credentials`: no such user, or a wrong password."),
+                    },
+                ),
+            },
+            "get": {
+                "operationId": "sessions",
+                "summary": "The caller's sessions, most recently used first (at most 100)",
+                "security": secured,
+                "responses": _answers(
+                    "AddressFull",
+                    {
+                        "200": {
+                            "description": "Sessions",
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "required": ["sessions"],
+                                    "properties": {
+                                        "sessions": {
+                                            "type": "array",
+                                            "maxItems": 100,
+                                            "items": _ref("Session"),
+                                        }
+                                    },
+                                }
+                            ),
+                        },
+                        "401": _use("Unauthorized"),
+                    },
+                ),
+            },
+        },
+        "/v1/sessions/{id}": {
+            "delete": {
+                "operationId": "endSession",
+                "summary": "End one of the caller's sessions: its token stops working and its"
+                " live connections close, on every node",
+                "security": secured,
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "description": "A session id from GET /v1/sessions.",
+                        "schema": {"type": "string", "pattern": wire.SESSION_ID_PATTERN},
+                    }
+                ],
+                "responses": _answers(
+                    "AddressFull",
+                    {
+                        "204": {"description": "Ended"},
+                        "400": _error("The id is not a session id (16 hexadecimal digits)."),
+                        "404": _error("unknown_session: not one of the caller's sessions."),
+                        "401": _use("Unauthorized"),
                     },
                 ),
             }

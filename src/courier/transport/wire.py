@@ -23,6 +23,8 @@ Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
 AnyName = Annotated[str, msgspec.Meta(max_length=64)]  # checked by the service (404, not 400)
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Body = str  # its bound is configurable, so the service checks it
+SESSION_ID_PATTERN = "^[0-9a-f]{16}$"
+SESSION_ID = re.compile(SESSION_ID_PATTERN[1:-1])  # a path parameter, matched whole
 
 
 class Credentials(msgspec.Struct):

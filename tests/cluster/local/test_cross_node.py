@@ -90,3 +90,27 @@ async def test_any_node_serves_any_user(cluster: Cluster) -> None:
         code, _ = await ws.closed()
         assert code == 1008
         assert (await apis[1].events(bob)).status == 401
+
+
+async def test_a_session_ended_on_one_node_closes_its_websocket_on_another(
+    cluster: Cluster,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        apis = [Api(node, http) for node in cluster.nodes]
+        laptop = await apis[0].user()
+        phone = await apis[2].login(laptop.name)
+        ws = await apis[2].ws(phone)
+        assert (await ws.recv())["type"] == "hello"
+
+        listed = (await apis[1].call("GET", "/v1/sessions", user=laptop)).body["sessions"]
+        (phone_id,) = [s["id"] for s in listed if not s["current"]]
+        r = await apis[0].call("DELETE", f"/v1/sessions/{phone_id}", user=laptop)
+        assert r.status == 204
+        frame = await ws.recv()
+        assert frame["code"] == "unauthorized"
+        code, _ = await ws.closed()
+        assert code == 1008
+        for api in apis:
+            assert (await api.events(phone)).status == 401
+            left = (await api.call("GET", "/v1/sessions", user=laptop)).body["sessions"]
+            assert [s["current"] for s in left] == [True]

@@ -79,3 +79,57 @@ async def test_a_map_naming_a_missing_server_refuses_to_open(dsns: list[str]) ->
     await first.close()
     with pytest.raises(ShardMapError):
         await PgStore(dsns[:1]).open()
+
+
+async def test_a_deployment_of_the_previous_version_is_upgraded_at_open(dsns: list[str]) -> None:
+    """Servers at schema 2, holding tokens written by that version, open under this one: the
+    tables gain their columns, and every old token keeps working and is listed."""
+    from courier.domain.ops import CreateUser
+    from courier.service.accounts import hash_token
+
+    previous = [(v, sql) for v, sql in MIGRATIONS if v <= 2]
+    tokens = {f"old token {i}": hash_token(f"old token {i}") for i in range(6)}
+    for server, dsn in enumerate(dsns):
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "CREATE TABLE schema_migrations ("
+                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, sql in previous:
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            for token_hash in tokens.values():
+                if shard_of(token_hash) % 2 == server:  # the first start's round-robin map
+                    await conn.execute(
+                        "INSERT INTO tokens (token_hash, shard, username, device, created)"
+                        " VALUES ($1, $2, 'alice', $3, 1000)",
+                        token_hash,
+                        shard_of(token_hash),
+                        token_hash[:8].hex(),
+                    )
+        finally:
+            await conn.close()
+
+    store = PgStore(dsns)
+    await store.open()
+    try:
+        assert await store.submit(CreateUser("alice", "hash", 1))
+        listed = await store.sessions("alice", 100)
+        assert sorted(s.token_hash for s in listed) == sorted(tokens.values())
+        for session in listed:
+            assert session.created == 1000 < session.last_used and session.user_agent == ""
+            record = await store.get_token(session.token_hash)
+            assert record is not None and record.username == "alice"
+            assert record.last_used == session.last_used
+        for dsn in dsns:
+            conn = await asyncpg.connect(dsn)
+            try:
+                assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == 3
+                assert (
+                    await conn.fetchval("SELECT count(*) FROM tokens WHERE last_used IS NULL") == 0
+                )
+            finally:
+                await conn.close()
+    finally:
+        await store.close()

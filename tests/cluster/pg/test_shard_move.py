@@ -126,7 +126,7 @@ async def test_a_shard_moves_under_pipelined_traffic_losing_and_doubling_nothing
         acks = asyncio.create_task(reader(nodes, mover, ann[0], stop))
         await warm.wait()
         before = sum(map(len, sent.values()))
-        revoke = nodes[1].submit(DeleteToken(revoked))  # lands during the copy
+        revoke = nodes[1].submit(DeleteToken(revoked, mover, "laptop"))  # lands during the copy
         report = await move_shard(dsns, shard, 1, grace=0.5)
         await revoke
         during = sum(map(len, sent.values())) - before
@@ -199,6 +199,7 @@ async def test_a_shard_moves_under_pipelined_traffic_losing_and_doubling_nothing
         for node in nodes:
             assert (await node.get_token(kept)) is not None
             assert await node.get_token(revoked) is None
+            assert [s.id for s in await node.sessions(mover, 10)] == ["phone"]
     finally:
         for node in (*nodes, idle):
             await node.close()

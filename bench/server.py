@@ -21,6 +21,11 @@ BENCH_ENV = {
     "COURIER_FRAME_RATE": "1000000",
     "COURIER_FRAME_BURST": "1000000",
     "COURIER_MAX_CONNECTIONS_PER_USER": "100000",
+    # Every bench client comes from loopback: no per-address caps, no login throttles.
+    "COURIER_MAX_CONNECTIONS_PER_ADDRESS": "0",
+    "COURIER_REGISTER_RATE_PER_ADDRESS": "0",
+    "COURIER_LOGIN_RATE_PER_ADDRESS": "0",
+    "COURIER_LOGIN_FAILURE_RATE_PER_USER": "0",
 }
 
 
@@ -70,8 +75,20 @@ class ServerProcess:
         return self.proc.pid
 
     async def start(self, wait_s: float = 60.0) -> None:
+        """Launch (again, after a kill: same port, same data dir) and wait for /healthz."""
         self.launch()
         await self._wait_healthy(wait_s)
+
+    def kill(self) -> int | None:
+        """SIGKILL, as a crash: no shutdown code runs. Returns the exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        self.proc = None
+        return proc.returncode
 
     def launch(self) -> None:
         raise_fd_limit()

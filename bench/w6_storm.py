@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.accounts import fresh_accounts
@@ -129,15 +129,19 @@ class Sampler:
                 await self._task
 
 
-def listen_overflows() -> int | None:
-    """TcpExt ListenOverflows from /proc/net/netstat: connections the kernel dropped because a
-    listening socket's accept queue was full (system-wide: other programs count too)."""
+KERNEL_COUNTERS = ("ListenOverflows", "ListenDrops", "SyncookiesSent")
+
+
+def kernel_counters() -> dict[str, int]:
+    """TCP counters from /proc/net/netstat: connections dropped because a listening socket's
+    accept queue was full, and SYN cookies sent (system-wide: other programs count too)."""
     try:
         with open("/proc/net/netstat") as f:
             rows = [line.split() for line in f if line.startswith("TcpExt:")]
-        return int(dict(zip(rows[0], rows[1], strict=True))["ListenOverflows"])
+        values = dict(zip(rows[0], rows[1], strict=True))
+        return {name: int(values[name]) for name in KERNEL_COUNTERS}
     except (OSError, KeyError, IndexError, ValueError):
-        return None
+        return {}
 
 
 def server_view(metrics: dict[str, float] | None) -> Result | None:
@@ -168,8 +172,11 @@ class Timeline:
     sender_done: bool = False
     expected: int = 0
     server_cpu_s: float = 0.0
-    overflows_before: int | None = None
-    overflows_after: int | None = None
+    startup_cpu_s: float | None = None  # the restarted server, until it listened
+    reconnect_cpu_s: float | None = None  # the restarted server, from listening to all back
+    listening_ns: int = 0
+    kernel_before: dict[str, int] = field(default_factory=dict)
+    kernel_after: dict[str, int] = field(default_factory=dict)
     server_after: Result | None = None
 
 
@@ -251,7 +258,7 @@ async def storm(settings: Settings, plan: Plan, users: int, server: ServerProces
     def go() -> None:
         sampler.pid = server.pid
         sampler.start()
-        line.overflows_before = listen_overflows()
+        line.kernel_before = kernel_counters()
 
     async def orchestrate(_held: list[Result]) -> None:
         await asyncio.sleep(plan.warm_s)
@@ -263,14 +270,23 @@ async def storm(settings: Settings, plan: Plan, users: int, server: ServerProces
         await asyncio.to_thread(server.kill)
         sampler.phase = "after_restart"
         line.restart_ns = time.perf_counter_ns()
-        await server.start()
-        line.ready_ns = time.perf_counter_ns()
+        server.launch()
         sampler.pid = server.pid
-        console.log(f"W6: restarted, serving after {(line.ready_ns - line.restart_ns) / 1e9:.2f} s")
+        if await server.wait_listening():
+            line.listening_ns = time.perf_counter_ns()
+            line.startup_cpu_s = proc_cpu_seconds(server.pid)
+        await server.wait_healthy(60)
+        line.ready_ns = time.perf_counter_ns()
+        console.log(
+            f"W6: restarted, listening after {(line.listening_ns - line.restart_ns) / 1e9:.2f} s"
+            f", /healthz after {(line.ready_ns - line.restart_ns) / 1e9:.2f} s"
+        )
         line.all_back = await wait_until(
             lambda: sum(shared.back[:]) >= plan.clients, plan.back_budget_s
         )
         console.log(f"W6: {sum(shared.back[:])} of {plan.clients} clients back")
+        if line.startup_cpu_s is not None:
+            line.reconnect_cpu_s = proc_cpu_seconds(server.pid) - line.startup_cpu_s
         await asyncio.sleep(plan.after_s)
         shared.stop_sending.value = 1
         line.sender_done = await wait_until(
@@ -282,7 +298,7 @@ async def storm(settings: Settings, plan: Plan, users: int, server: ServerProces
         )
         await asyncio.to_thread(sampler.sample)
         line.server_cpu_s += proc_cpu_seconds(server.pid)
-        line.overflows_after = listen_overflows()
+        line.kernel_after = kernel_counters()
         line.server_after = server_view(await read_metrics(server.url))
 
     budget = (
@@ -354,9 +370,14 @@ def figures(
         "never_back": total("never_back"),
         "drops": total("drops"),
         "all_back": line.all_back,
-        "restart_to_serving_s": rnd((line.ready_ns - line.restart_ns) / 1e9),
+        "restart_to_listening_s": (
+            rnd((line.listening_ns - line.restart_ns) / 1e9) if line.listening_ns else None
+        ),
+        "restart_to_healthz_s": rnd((line.ready_ns - line.restart_ns) / 1e9),
         "restart_to_all_back_s": rnd((last_back - line.restart_ns) / 1e9) if last_back else None,
-        "serving_to_all_back_s": rnd((last_back - line.ready_ns) / 1e9) if last_back else None,
+        "listening_to_all_back_s": (
+            rnd((last_back - line.listening_ns) / 1e9) if last_back and line.listening_ns else None
+        ),
         "kill_to_all_back_s": rnd((last_back - line.kill_ns) / 1e9) if last_back else None,
         "reconnect_after_restart_ms": percentiles_ms([b - line.restart_ns for b in back]),
         "offline_per_client_ms": percentiles_ms(offline),
@@ -388,11 +409,13 @@ def figures(
         "server_fds_peak": sampler.fds,
         "server_samples": sampler.samples,
         "server_after_restart": line.server_after,
-        "listen_overflows": (
-            line.overflows_after - line.overflows_before
-            if line.overflows_after is not None and line.overflows_before is not None
-            else None
-        ),
+        "kernel_tcp": {
+            name: line.kernel_after[name] - line.kernel_before[name]
+            for name in KERNEL_COUNTERS
+            if name in line.kernel_after and name in line.kernel_before
+        },
         "server_cpu_s": rnd(line.server_cpu_s),
+        "server_startup_cpu_s": rnd(line.startup_cpu_s),
+        "server_reconnect_cpu_s": rnd(line.reconnect_cpu_s),
         "driver_cpu_s": rnd(sum(float(c["process_cpu_s"]) for c in crowds)),
     }

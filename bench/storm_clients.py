@@ -250,12 +250,12 @@ async def hold_devices(job: DeviceJob, link: WorkerLink) -> Result:
         link.count(crowd.up)
         await asyncio.wait([held], timeout=0.2)
     cpu = time.process_time() - cpu_start
+    sockets = [d.ws for d in crowd.devices if d.ws is not None]
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    for dev in crowd.devices:
-        if dev.ws is not None:
-            dev.ws.abort()
+    for sock in sockets:
+        sock.abort()
     acked = job.shared.acked[:]
     lost = unacked = 0
     for dev in crowd.devices:

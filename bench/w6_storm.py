@@ -215,13 +215,13 @@ async def run(settings: Settings) -> Result:
         )
         await server.start()
         try:
-            return await storm(settings, plan, users, server)
+            return await storm(plan, users, server)
         finally:
             code = await asyncio.to_thread(server.stop)
             console.log(f"W6: server stopped (exit {code})")
 
 
-async def storm(settings: Settings, plan: Plan, users: int, server: ServerProcess) -> Result:
+async def storm(plan: Plan, users: int, server: ServerProcess) -> Result:
     names, tokens = await fresh_accounts(server.url, "w6", users + 1)
     sender, recipients = names[0], names[1:]
     procs = max(1, math.ceil(plan.clients / PER_PROCESS))
@@ -395,6 +395,7 @@ def figures(
         "expected_deliveries": line.expected,
         "delivered": total("received"),
         "drained": line.drained,
+        "sender_done": line.sender_done,
         "lost": total("lost"),
         "duplicated": total("duplicated"),
         "reordered": total("reordered"),

@@ -99,22 +99,39 @@ async def make_accounts(
     return tokens
 
 
-def ws_url(base: str, token: str, after: int | None = None) -> str:
-    url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-    url = f"{url}/v1/ws?token={quote(token)}"
+def ws_url(base: str, token: str | None, after: int | None = None) -> str:
+    """The WebSocket URL; with a token it goes in the query (`?token=`), else nowhere."""
+    url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/v1/ws"
+    query = [] if token is None else [f"token={quote(token)}"]
     if after is not None:
-        url += f"&after={after}"
-    return url
+        query.append(f"after={after}")
+    return url + ("?" + "&".join(query) if query else "")
 
 
 async def connect(
-    session: aiohttp.ClientSession, base: str, token: str, after: int | None = None
+    session: aiohttp.ClientSession,
+    base: str,
+    token: str,
+    after: int | None = None,
+    *,
+    first_frame: bool = False,
+    hello_timeout: float = 30,
 ) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
-    """Open an authenticated WebSocket and read its `hello` frame."""
-    ws = await session.ws_connect(
-        ws_url(base, token, after), autoping=True, heartbeat=None, max_msg_size=WS_MAX_MSG
-    )
-    msg = await ws.receive(timeout=30)
+    """Open an authenticated WebSocket and read its `hello` frame. The token goes in the URL,
+    or with `first_frame` in an `auth` frame sent first, as the web app and the SDK do."""
+    url = ws_url(base, None if first_frame else token, after)
+    ws = await session.ws_connect(url, autoping=True, heartbeat=None, max_msg_size=WS_MAX_MSG)
+    if first_frame:
+        try:
+            await ws.send_str(encode({"type": "auth", "token": token}))
+        except BaseException:
+            await ws.close()
+            raise
+    try:
+        msg = await ws.receive(timeout=hello_timeout)
+    except BaseException:
+        await ws.close()
+        raise
     if msg.type != aiohttp.WSMsgType.TEXT:
         await ws.close()
         raise ProtocolError(f"expected hello, got {msg.type!r} {msg.data!r}")

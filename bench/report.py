@@ -26,6 +26,9 @@ def _is_number(value: Any) -> bool:
 
 WORST_OF = {
     "lost",
+    "seq_gaps",
+    "unacked_delivered",
+    "never_back",
     "duplicated",
     "reordered",
     "send_errors",
@@ -99,6 +102,15 @@ def _notes(r: Result) -> str:
                 f"{_fmt(p.get('target_msg_per_s'))} msg/s: p50 {_fmt(lat.get('p50'))} / "
                 f"p99 {_fmt(lat.get('p99'))} / max {_fmt(lat.get('max'))} ms"
             )
+    if w == "W6":
+        lat = r.get("reconnect_after_restart_ms") or {}
+        notes.append(
+            f"{_fmt(r.get('back'))}/{_fmt(r.get('clients'))} back "
+            f"{_fmt(r.get('restart_to_all_back_s'))} s after the restart (per client p50 "
+            f"{_fmt(lat.get('p50'))} / p99 {_fmt(lat.get('p99'))} ms), "
+            f"{_fmt(r.get('messages_acknowledged'))} msgs acknowledged, "
+            f"seq gaps {_fmt(r.get('seq_gaps'))}, send errors {_fmt(r.get('send_errors'))}"
+        )
     if w == "S1":
         notes.append(f"{_fmt(r.get('cpu_s_per_100k'))} CPU-s per 100K in-process")
     if w == "W4":

@@ -30,6 +30,11 @@ BENCH_ENV = {
     "COURIER_FRAME_RATE": "1000000",
     "COURIER_FRAME_BURST": "1000000",
     "COURIER_MAX_CONNECTIONS_PER_USER": "100000",
+    # Every bench client comes from loopback: no per-address caps, no login throttles.
+    "COURIER_MAX_CONNECTIONS_PER_ADDRESS": "0",
+    "COURIER_REGISTER_RATE_PER_ADDRESS": "0",
+    "COURIER_LOGIN_RATE_PER_ADDRESS": "0",
+    "COURIER_LOGIN_FAILURE_RATE_PER_USER": "0",
 }
 
 
@@ -79,8 +84,34 @@ class ServerProcess:
         return self.proc.pid
 
     async def start(self, wait_s: float = 60.0) -> None:
+        """Launch (again, after a kill: same port, same data dir) and wait for /healthz."""
         self.launch()
-        await self._wait_healthy(wait_s)
+        await self.wait_healthy(wait_s)
+
+    async def wait_listening(self, wait_s: float = 60.0) -> bool:
+        """Until the port accepts TCP connections (which can be well before /healthz answers,
+        when a crowd of clients reaches the server first)."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            writer.close()
+            return True
+        return False
+
+    def kill(self) -> int | None:
+        """SIGKILL, as a crash: no shutdown code runs. Returns the exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        self.proc = None
+        return proc.returncode
 
     def launch(self) -> None:
         raise_fd_limit()
@@ -102,7 +133,7 @@ class ServerProcess:
                 args, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
             )
 
-    async def _wait_healthy(self, wait_s: float) -> None:
+    async def wait_healthy(self, wait_s: float) -> None:
         deadline = time.monotonic() + wait_s
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:

@@ -12,10 +12,11 @@ from typing import Literal, Self
 
 import aiohttp
 
+from courier.client.backoff import backoff
 from courier.client.errors import AuthError, ConnectionLost, CourierError, RateLimited
 from courier.client.events import Conversation, Event, Hello, HistoryPage, Sent, Typing
 from courier.client.http import HttpApi
-from courier.client.ws import Subscription, backoff
+from courier.client.ws import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,7 @@ class Client:
             start,
             max_buffer=self.max_buffer,
             on_hello=on_hello,
+            username=self.username,
         )
         self._sub = sub
         sub.start()

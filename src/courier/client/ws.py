@@ -5,6 +5,10 @@ A `Subscription` owns a reader task that never blocks on the consumer, so answer
 are dropped and fetched again later with a `sync` frame, which is safe because the server keeps
 them. Only the event with seq = last buffered + 1 is ever buffered, so what the consumer sees is
 gap-free, in order and free of duplicates whatever the server replays.
+
+Every connection authenticates with a first `auth` frame, never with a token in the URL, and
+every reconnect waits a fully jittered exponential delay (`courier.client.backoff`), so that
+clients cut off by one restart do not all come back in the same instant.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from urllib.parse import urlencode
 import aiohttp
 import msgspec
 
+from courier.client.backoff import STABLE_AFTER_S, backoff
 from courier.client.errors import AuthError, ConnectionLost, CourierError, error_from
 from courier.client.events import (
     ErrorFrame,
@@ -42,25 +47,25 @@ CLOSE_TIMEOUT = 2.0  # a dead server must not hold up closing
 SYNC_LIMIT = 1000
 TICK = 1.0  # seconds between sync retries while behind
 SYNC_TIMEOUT = 15.0  # an unanswered sync is given up for a reconnect
-STABLE_AFTER = 10.0  # seconds a connection must live before the backoff starts over
 
 
-def backoff(attempt: int, base: float = 0.25, cap: float = 10.0) -> float:
-    """Exponential delay with jitter, so clients cut off together do not return together."""
-    ceiling = min(cap, base * 2.0 ** min(attempt, 30))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def ws_url(base_url: str, after: int | None) -> str:
-    """The WebSocket endpoint for an HTTP base URL; the token goes in the first frame."""
+def ws_url(base_url: str, after: int | None, user: str | None = None) -> str:
+    """The WebSocket endpoint for an HTTP base URL. The token never goes here (URLs end up in
+    proxy logs): it goes in the first frame. `u` names the user for a balancer that hashes
+    users onto nodes (deploy/nginx.conf); the server ignores it."""
     url = base_url.rstrip("/")
     if url.startswith("https://"):
         url = "wss://" + url.removeprefix("https://")
     elif url.startswith("http://"):
         url = "ws://" + url.removeprefix("http://")
     url += "/v1/ws"
+    query: dict[str, str | int] = {}
     if after is not None:
-        url += "?" + urlencode({"after": after})
+        query["after"] = after
+    if user:
+        query["u"] = user
+    if query:
+        url += "?" + urlencode(query)
     return url
 
 
@@ -140,10 +145,14 @@ class Subscription:
         max_buffer: int = 1000,
         heartbeat: float = 20.0,
         on_hello: Callable[[Hello], None] | None = None,
+        username: str | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._session = session
         self._base_url = base_url
         self._token = token
+        self._username = username
+        self._rng = rng
         self._max_buffer = max(2, max_buffer)
         self._heartbeat = heartbeat
         self._on_hello = on_hello
@@ -219,9 +228,9 @@ class Subscription:
                     if conn.ws.close_code == CLOSE_POLICY:
                         raise AuthError("unauthorized", "the server refused the token", 401)
                     log.debug("connection closed with code %s", conn.ws.close_code)
-                    if time.monotonic() - connected_at > STABLE_AFTER:
+                    if time.monotonic() - connected_at > STABLE_AFTER_S:
                         attempt = 0  # a flapping server still sees growing delays
-                await asyncio.sleep(backoff(attempt))
+                await asyncio.sleep(backoff(attempt, rng=self._rng))
                 attempt += 1
         except AuthError as exc:
             self._error = exc
@@ -236,7 +245,7 @@ class Subscription:
     async def _connect(self) -> WsConnection:
         try:
             ws = await self._session.ws_connect(
-                ws_url(self._base_url, self._buffered),
+                ws_url(self._base_url, self._buffered, self._username),
                 heartbeat=self._heartbeat,
                 timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT),
             )
@@ -251,6 +260,7 @@ class Subscription:
             await ws.close()
             raise
         conn = WsConnection(ws, hello)
+        self._username = hello.username
         self._more = False  # the replay after `_buffered` covers everything
         if self._buffered is None:
             self._buffered = hello.last_seq

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -40,7 +41,7 @@ def nginx_binary() -> str | None:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def render(conf: str, nodes: list[str], port: int) -> str:
+def render(conf: str, nodes: list[str], port: int, access_log: Path) -> str:
     """deploy/nginx.conf with this cluster's nodes and a free port; logs to the test folder."""
     servers = "".join(
         f"        server {n.removeprefix('http://')} max_fails=1 fail_timeout=5s;\n" for n in nodes
@@ -50,11 +51,14 @@ def render(conf: str, nodes: list[str], port: int) -> str:
     assert conf.count(hash_line) == 2  # the HTTP upstream and the WebSocket one
     conf = conf.replace(hash_line, hash_line + servers)
     conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};")
-    return conf.replace("http {", "http {\n    access_log off;", 1)
+    log_line = "    access_log /var/log/nginx/courier-access.log courier;\n"
+    assert conf.count(log_line) == 1
+    return conf.replace(log_line, f"    access_log {access_log} courier;\n")
 
 
 @pytest.fixture
 def proxy(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
+    """nginx in front of the cluster; its access log is `access.log` in the test folder."""
     binary = nginx_binary()
     if binary is None:
         reason = "nginx is not installed and could not be installed (apt-get install nginx)"
@@ -63,7 +67,7 @@ def proxy(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
         pytest.skip(reason)
     port = free_port()
     conf = tmp_path / "nginx.conf"
-    conf.write_text(render(CONF.read_text(), cluster.nodes, port))
+    conf.write_text(render(CONF.read_text(), cluster.nodes, port, tmp_path / "access.log"))
     cmd = [
         binary,
         "-p",
@@ -168,3 +172,28 @@ async def test_websockets_through_nginx_take_the_lean_front(proxy: str, cluster:
                 )
                 fronts[front] += float(found.group(1)) if found else 0.0
         assert fronts["lean"] >= 4 and fronts["aiohttp"] == 0, fronts
+
+
+async def test_the_access_log_keeps_no_query_string(proxy: str, tmp_path: Path) -> None:
+    """An old client that still puts its token in the WebSocket URL: the request works, and
+    the access log names the path alone, so the token is not in it."""
+    async with aiohttp.ClientSession() as http:
+        api = Api(proxy, http)
+        erin = await api.user()
+        async with http.ws_connect(f"{proxy}/v1/ws?token={quote(erin.token)}&after=0") as ws:
+            hello = await ws.receive_json(timeout=10)
+            assert hello["type"] == "hello"
+        r = await api.call("GET", f"/v1/conversations?u={erin.name}", user=erin)
+        assert r.status == 200
+    log = tmp_path / "access.log"
+    lines: list[str] = []
+    for _ in range(100):  # a WebSocket's line is written once nginx has closed it
+        lines = log.read_text().splitlines() if log.exists() else []
+        if any("/v1/ws" in line for line in lines):
+            break
+        await asyncio.sleep(0.05)
+    assert any('"GET /v1/ws HTTP/1.1" 101' in line for line in lines), lines
+    assert any('"GET /v1/conversations HTTP/1.1" 200' in line for line in lines), lines
+    text = "\n".join(lines)
+    assert erin.token not in text
+    assert "token=" not in text and "?" not in text

@@ -2,6 +2,7 @@
 // outbox and the page. Each of those knows nothing of the others; this module connects them.
 
 import { Api, ApiError, NetworkError } from "./api.js";
+import { backoffDelay } from "./backoff.js";
 import { Connection } from "./connection.js";
 import { Outbox } from "./outbox.js";
 import { Store, sessionPersist } from "./store.js";
@@ -126,6 +127,7 @@ function startMain() {
   for (const entry of outbox.entries()) store.addPending(entry);
   conn = new Connection(api, () => (session ? session.token : null), {
     getAfter: () => store.lastSeq ?? 0,
+    getUser: () => me,
     onReady,
     onEvent,
     onFrame,
@@ -161,7 +163,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function bootstrap(myConn) {
   const fresh = store.lastSeq === null;
   if (!fresh) myConn.start();
-  let delay = 500;
+  let attempt = 0;
   while (live && conn === myConn) {
     try {
       const res = await api.conversations();
@@ -184,12 +186,12 @@ async function bootstrap(myConn) {
       }
       if (err instanceof ApiError && err.status < 500 && err.status !== 429) break;
       // Before the first connection the indicator is ours to set; after it, the link's.
+      const delay = backoffDelay(attempt++, 500, 10000);
       if (fresh) {
         const retryAt = Date.now() + delay;
         ui.renderStatus({ state: "reconnecting", transport: myConn.transport, retryAt });
       }
       await sleep(delay);
-      delay = Math.min(delay * 2, 10000);
     }
   }
   if (fresh && live && conn === myConn) {

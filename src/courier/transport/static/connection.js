@@ -1,8 +1,10 @@
 // One live link to the server: a WebSocket when it works, HTTP long-poll when it does not.
 // It reconnects with jittered backoff and always resumes after the last processed seq, so the
 // rest of the app sees one gap-free stream of timeline events whatever the network does.
+// The token goes in the first WebSocket frame, never in the URL, which proxies log.
 
 import { ApiError, NetworkError } from "./api.js";
+import { backoffDelay } from "./backoff.js";
 
 const HELLO_TIMEOUT_MS = 10000;
 const PING_EVERY_MS = 20000;
@@ -20,6 +22,7 @@ const STABLE_AFTER_MS = 10000;
 /**
  * Callbacks (all optional except getAfter):
  *   getAfter(): number          seq to resume after
+ *   getUser(): string           the username, for a balancer that hashes users onto nodes
  *   onReady({transport, hello}) the link is up: flush the outbox, re-send read marks
  *   onEvent(event)              a timeline event (has a seq)
  *   onFrame(frame)              sent / typing / error / synced / pong frames
@@ -226,12 +229,13 @@ export class Connection {
     else this.poll(gen);
   }
 
+  // No token here: URLs land in proxy access logs. `u` lets a balancer keep a user on one
+  // node (deploy/nginx.conf); the server ignores it.
   wsUrl() {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const q = new URLSearchParams({
-      token: this.getToken() || "",
-      after: String(this.cb.getAfter()),
-    });
+    const q = new URLSearchParams({ after: String(this.cb.getAfter()) });
+    const user = this.cb.getUser?.();
+    if (user) q.set("u", user);
     return `${proto}//${location.host}/v1/ws?${q}`;
   }
 
@@ -252,6 +256,10 @@ export class Connection {
       }
     }, HELLO_TIMEOUT_MS);
 
+    ws.onopen = () => {
+      if (gen !== this.generation) return;
+      this.sendFrame({ type: "auth", token: this.getToken() || "" });
+    };
     ws.onmessage = (msg) => {
       if (gen !== this.generation) return;
       this.notePong();
@@ -262,6 +270,12 @@ export class Connection {
         return;
       }
       if (!frame || typeof frame !== "object") return;
+      // The token was refused (the auth frame failed) or revoked (logged out elsewhere).
+      if (frame.type === "error" && frame.code === "unauthorized") {
+        clearTimeout(helloTimer);
+        this.authFailed();
+        return;
+      }
       if (frame.type === "hello") {
         helloSeen = true;
         clearTimeout(helloTimer);
@@ -286,8 +300,8 @@ export class Connection {
       clearTimeout(helloTimer);
       this.ws = null;
       this.stopPing();
-      // A refused token also lands here (HTTP 401 before the upgrade, or 1008 after a failed
-      // auth frame): the long-poll fallback then gets a clear 401 and ends the session.
+      // A socket that closes before hello without an `unauthorized` frame (a proxy refused
+      // the upgrade, the server is full or down) counts as a failed try.
       if (!helloSeen) {
         this.wsFailed(gen);
         return;
@@ -411,8 +425,7 @@ export class Connection {
     }
     this.teardown();
     this.attempt++;
-    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (this.attempt - 1));
-    const delay = Math.round(ceiling * (0.5 + Math.random() * 0.5));
+    const delay = backoffDelay(this.attempt - 1, BACKOFF_BASE_MS, BACKOFF_MAX_MS);
     this.retryAt = Date.now() + delay;
     const offline = navigator.onLine === false || this.attempt >= OFFLINE_AFTER_ATTEMPTS;
     this.setState(offline ? "offline" : "reconnecting");

@@ -3,6 +3,8 @@
 // answers a repeated client_id with the original `sent`, so re-sending is always safe and a
 // message is never stored twice.
 
+import { backoffDelay } from "./backoff.js";
+
 // An entry sent without an answer is sent again after RESEND_AFTER_MS; one refused for a
 // passing reason (rate limit, network) after a backoff that grows with each refusal.
 const RESEND_AFTER_MS = 10000;
@@ -138,8 +140,7 @@ export class Outbox {
     if (isRetryable(code)) {
       const state = this.inflight.get(clientId) || { nextAt: 0, failures: 0 };
       state.failures++;
-      const ceiling = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (state.failures - 1));
-      state.nextAt = Date.now() + Math.round(ceiling * (0.5 + Math.random() * 0.5));
+      state.nextAt = Date.now() + backoffDelay(state.failures - 1, RETRY_BASE_MS, RETRY_MAX_MS);
       this.inflight.set(clientId, state);
       return false;
     }

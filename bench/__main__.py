@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import uvloop
 
 from bench import (
+    r1_storm,
     s1_postgres,
     s1_store,
     w1_cluster,
@@ -24,14 +25,13 @@ from bench import (
     w3_idle,
     w4_history,
     w5_rate,
-    w6_storm,
 )
 from bench.common import Result, Settings, Target, console
 from bench.report import emit, median_of, write_summary
 from bench.server import ServerProcess, raise_fd_limit
 
-ORDER = ["W1", "W1C", "W2", "W3", "W3C", "W5", "W6", "S1", "S1P", "W4"]
-OWN_SERVER = {"W6"}  # kills and restarts the server it runs against: never with --url
+ORDER = ["W1", "W1C", "W2", "W3", "W3C", "W5", "R1", "S1", "S1P", "W4"]
+OWN_SERVER = {"R1"}  # kills and restarts the server it runs against: never with --url
 CLUSTER_RUNS: dict[str, Callable[[Settings], Awaitable[Result]]] = {
     "W1C": w1_cluster.run,
     "W3C": w3_cluster.run,
@@ -55,7 +55,7 @@ def is_loopback(url: str) -> bool:
 
 
 def default_workloads(quick: bool, url: str | None) -> list[str]:
-    """Everything, except W3C in a --quick run, and the cluster workloads and W6 with --url."""
+    """Everything, except W3C in a --quick run, and the cluster workloads and R1 with --url."""
     names = [w for w in ORDER if not (quick and w == "W3C")]
     return [w for w in names if not (url and (w in CLUSTER_RUNS or w in OWN_SERVER))]
 
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--workloads",
         help="comma-separated, of " + ",".join(ORDER) + " (default: all; W3C not with --quick,"
-        " W1C, W3C and W6 not with --url)",
+        " W1C, W3C and R1 not with --url)",
     )
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
     p.add_argument("--data-root", type=Path, default=Path("bench-data"), help="W4's stores")
@@ -82,12 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--w4-messages", type=int, help="W4 store size (10M; quick 200K)")
     p.add_argument("--w3c-connections", type=int, help="W3C idle connections (100000; quick 6000)")
     p.add_argument("--w3c-nodes", type=int, default=6, help="W3C cluster nodes")
-    p.add_argument("--w6-clients", type=int, help="W6 reconnecting clients (10000; quick 1000)")
+    p.add_argument("--r1-clients", type=int, help="R1 reconnecting clients (10000; quick 1000)")
     p.add_argument(
-        "--w6-backoff",
-        choices=w6_storm.SCHEDULES,
+        "--r1-backoff",
+        choices=r1_storm.SCHEDULES,
         default="full",
-        help="W6's reconnect schedule: the SDK's full jitter, or for comparison equal or none",
+        help="R1's reconnect schedule: the SDK's full jitter, or for comparison equal or none",
     )
     args = p.parse_args(argv)
     if args.url and not is_loopback(args.url):
@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown workloads: {', '.join(sorted(unknown))}")
     if args.url and OWN_SERVER & set(args.workloads.split(",")):
-        p.error("W6 kills and restarts its own server: it cannot run with --url")
+        p.error("R1 kills and restarts its own server: it cannot run with --url")
     if not 1 <= args.repeat <= 20:
         p.error("--repeat must be 1..20")
     if args.w3c_nodes < 1:
@@ -113,8 +113,8 @@ async def run_once(name: str, settings: Settings, url: str | None, pid: int | No
         return await s1_postgres.run(settings)
     if name == "W4":
         return await w4_history.run(settings, Target(url, pid) if url else None)
-    if name == "W6":
-        return await w6_storm.run(settings)
+    if name == "R1":
+        return await r1_storm.run(settings)
     if name in CLUSTER_RUNS:
         return await CLUSTER_RUNS[name](settings)
     run = SOCKET_RUNS[name]
@@ -143,8 +143,8 @@ async def main_async(args: argparse.Namespace) -> int:
         w4_messages=args.w4_messages,
         w3c_connections=args.w3c_connections,
         w3c_nodes=args.w3c_nodes,
-        w6_clients=args.w6_clients,
-        w6_backoff=args.w6_backoff,
+        r1_clients=args.r1_clients,
+        r1_backoff=args.r1_backoff,
         owns_server=args.url is None,
     )
     wanted = set(args.workloads.split(","))

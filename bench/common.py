@@ -41,8 +41,8 @@ class Settings:
     w4_messages: int | None = None
     w3c_connections: int | None = None
     w3c_nodes: int = 6
-    w6_clients: int | None = None
-    w6_backoff: str = "full"
+    r1_clients: int | None = None
+    r1_backoff: str = "full"
     owns_server: bool = True
     measured: dict[str, float] = field(default_factory=dict)
 

@@ -102,7 +102,7 @@ def _notes(r: Result) -> str:
                 f"{_fmt(p.get('target_msg_per_s'))} msg/s: p50 {_fmt(lat.get('p50'))} / "
                 f"p99 {_fmt(lat.get('p99'))} / max {_fmt(lat.get('max'))} ms"
             )
-    if w == "W6":
+    if w == "R1":
         lat = r.get("reconnect_after_restart_ms") or {}
         notes.append(
             f"{_fmt(r.get('back'))}/{_fmt(r.get('clients'))} back "

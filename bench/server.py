@@ -30,11 +30,6 @@ BENCH_ENV = {
     "COURIER_FRAME_RATE": "1000000",
     "COURIER_FRAME_BURST": "1000000",
     "COURIER_MAX_CONNECTIONS_PER_USER": "100000",
-    # Every bench client comes from loopback: no per-address caps, no login throttles.
-    "COURIER_MAX_CONNECTIONS_PER_ADDRESS": "0",
-    "COURIER_REGISTER_RATE_PER_ADDRESS": "0",
-    "COURIER_LOGIN_RATE_PER_ADDRESS": "0",
-    "COURIER_LOGIN_FAILURE_RATE_PER_USER": "0",
 }
 
 

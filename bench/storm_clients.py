@@ -1,4 +1,4 @@
-"""W6's clients: thousands of WebSockets per driver process on the lean client, each one
+"""R1's clients: thousands of WebSockets per driver process on the lean client, each one
 checking what it receives as it arrives and, after a drop, coming back by itself with the
 SDK's backoff and `after=<last seq it processed>`, authenticated in the first frame."""
 

@@ -1,4 +1,4 @@
-"""W6's sender: messages to every user at a fixed rate over HTTP, each POST retried with its
+"""R1's sender: messages to every user at a fixed rate over HTTP, each POST retried with its
 client_id until the server answers for it, through the kill and the restart."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ async def send_one(
     deadline: list[float],
 ) -> bool:
     """POST one message until the server answers for it (same client_id on every try)."""
-    payload = {"to": to, "body": make_body(n), "client_id": f"w6-{to}-{n}"}
+    payload = {"to": to, "body": make_body(n), "client_id": f"r1-{to}-{n}"}
     headers = {"Authorization": f"Bearer {job.token}"}
     t0 = time.perf_counter_ns()
     attempt = 0

@@ -1,4 +1,4 @@
-"""What W6's processes share: the live counters in shared memory, message bodies, and a
+"""What R1's processes share: the live counters in shared memory, message bodies, and a
 polling wait (the counters live in another process, so there is no event to await)."""
 
 from __future__ import annotations

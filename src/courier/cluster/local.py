@@ -48,6 +48,9 @@ def up(workdir: Path, nodes: int, postgres: int = 2, timeout: float = 90) -> dic
             "COURIER_NATS_URL": started[0].url,
             "COURIER_CACHE": "redis",
             "COURIER_REDIS_URL": started[-1].url,
+            # A local cluster sits behind a balancer on this machine (deploy/nginx.conf):
+            # loopback is the proxy, whose X-Forwarded-For names the client.
+            "COURIER_TRUSTED_PROXIES": "127.0.0.1",
         }
         node_procs = [start_node(workdir, f"node{i}", env) for i in range(nodes)]
         started.extend(node_procs)

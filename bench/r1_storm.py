@@ -1,4 +1,4 @@
-"""W6: a reconnect storm. 10,000 WebSocket clients (quick: 1,000) on one `courier serve`,
+"""R1: a reconnect storm. 10,000 WebSocket clients (quick: 1,000) on one `courier serve`,
 held by several driver processes, each on its own loopback source address; a sender keeps
 sending to all of their users over HTTP. The server is SIGKILLed and started again on the
 same port and data dir; every client comes back by itself, after a fully jittered exponential
@@ -40,7 +40,7 @@ __all__ = ["SCHEDULES", "run"]
 DEVICES_PER_USER = 10
 PER_PROCESS = 2500
 SAMPLE_EVERY_S = 0.25
-# Accounts are set-up, not what W6 measures (reconnects authenticate by token): cheap hashing.
+# Accounts are set-up, not what R1 measures (reconnects authenticate by token): cheap hashing.
 CHEAP_HASHING = {"COURIER_ARGON2_TIME_COST": "1", "COURIER_ARGON2_MEMORY_KIB": "8192"}
 
 
@@ -61,20 +61,20 @@ class Plan:
 
 def plan_for(settings: Settings) -> Plan:
     if settings.quick:
-        n = settings.w6_clients or 1000
+        n = settings.r1_clients or 1000
         return Plan(
             n,
-            settings.w6_backoff,
+            settings.r1_backoff,
             rate=100,
             warm_s=3,
             after_s=3,
             connect_budget_s=60,
             back_budget_s=60,
         )
-    n = settings.w6_clients or 10_000
+    n = settings.r1_clients or 10_000
     return Plan(
         n,
-        settings.w6_backoff,
+        settings.r1_backoff,
         rate=200,
         warm_s=5,
         after_s=5,
@@ -209,20 +209,20 @@ def busiest(buckets: list[dict[int, int]], since_ns: int) -> tuple[int, int, lis
 async def run(settings: Settings) -> Result:
     plan = plan_for(settings)
     users = math.ceil(plan.clients / DEVICES_PER_USER)
-    with tempfile.TemporaryDirectory(prefix="courier-bench-w6-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="courier-bench-r1-") as tmp:
         server = ServerProcess(
-            Path(tmp) / "data", settings.out_dir / "server-W6.log", extra_env=CHEAP_HASHING
+            Path(tmp) / "data", settings.out_dir / "server-R1.log", extra_env=CHEAP_HASHING
         )
         await server.start()
         try:
             return await storm(plan, users, server)
         finally:
             code = await asyncio.to_thread(server.stop)
-            console.log(f"W6: server stopped (exit {code})")
+            console.log(f"R1: server stopped (exit {code})")
 
 
 async def storm(plan: Plan, users: int, server: ServerProcess) -> Result:
-    names, tokens = await fresh_accounts(server.url, "w6", users + 1)
+    names, tokens = await fresh_accounts(server.url, "r1", users + 1)
     sender, recipients = names[0], names[1:]
     procs = max(1, math.ceil(plan.clients / PER_PROCESS))
     ctx = mp.get_context("spawn")
@@ -265,7 +265,7 @@ async def storm(plan: Plan, users: int, server: ServerProcess) -> Result:
         await asyncio.to_thread(sampler.sample)
         line.server_cpu_s = proc_cpu_seconds(server.pid)
         line.kill_ns = time.perf_counter_ns()
-        console.log("W6: SIGKILL")
+        console.log("R1: SIGKILL")
         sampler.pid = None
         await asyncio.to_thread(server.kill)
         sampler.phase = "after_restart"
@@ -278,13 +278,13 @@ async def storm(plan: Plan, users: int, server: ServerProcess) -> Result:
         await server.wait_healthy(60)
         line.ready_ns = time.perf_counter_ns()
         console.log(
-            f"W6: restarted, listening after {(line.listening_ns - line.restart_ns) / 1e9:.2f} s"
+            f"R1: restarted, listening after {(line.listening_ns - line.restart_ns) / 1e9:.2f} s"
             f", /healthz after {(line.ready_ns - line.restart_ns) / 1e9:.2f} s"
         )
         line.all_back = await wait_until(
             lambda: sum(shared.back[:]) >= plan.clients, plan.back_budget_s
         )
-        console.log(f"W6: {sum(shared.back[:])} of {plan.clients} clients back")
+        console.log(f"R1: {sum(shared.back[:])} of {plan.clients} clients back")
         if line.startup_cpu_s is not None:
             line.reconnect_cpu_s = proc_cpu_seconds(server.pid) - line.startup_cpu_s
         await asyncio.sleep(plan.after_s)
@@ -315,7 +315,7 @@ async def storm(plan: Plan, users: int, server: ServerProcess) -> Result:
         _, done = await run_workers(
             storm_worker,
             list(jobs),
-            label="W6 clients up",
+            label="R1 clients up",
             total=plan.clients,
             budget_s=budget,
             on_go=go,
@@ -358,7 +358,7 @@ def figures(
         return sum(int(c[key]) for c in crowds)
 
     return {
-        "workload": "W6",
+        "workload": "R1",
         "clients": plan.clients,
         "users": users,
         "devices_per_user": DEVICES_PER_USER,

@@ -48,6 +48,7 @@ from courier.metrics import Metrics
 log = logging.getLogger(__name__)
 
 _Item = tuple[WriteOp, "asyncio.Future[Any]"]
+MAX_OPEN_FILES = 512
 SESSIONS_SCAN_MAX = 1000  # session keys read per listing, whatever a user holds
 
 
@@ -57,6 +58,9 @@ def _options(cache_mb: int) -> Options:
     opts.set_compression_type(DBCompressionType.lz4())
     opts.set_write_buffer_size(64 * 1024 * 1024)
     opts.set_max_background_jobs(2)
+    # Table files held open at most (a 10M-message store has a few dozen): the rest of the
+    # process's descriptors are for sockets, and admission keeps these in reserve.
+    opts.set_max_open_files(MAX_OPEN_FILES)
     table = BlockBasedOptions()
     table.set_block_cache(Cache(cache_mb * 1024 * 1024))
     table.set_bloom_filter(10, False)

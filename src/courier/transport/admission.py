@@ -16,7 +16,9 @@ from collections.abc import Iterable, Mapping
 from courier.transport.errors import error_body
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-FD_RESERVE = 256  # descriptors kept for everything that is not a client socket
+# Descriptors kept for everything that is not a client socket: the store's table files (at
+# most 512 on RocksDB), its logs, the broker's and cache's connections, the metrics listener.
+FD_RESERVE = 768
 
 
 def parse_networks(text: str) -> tuple[Network, ...]:

@@ -18,6 +18,7 @@ def test_serve_reads_a_toml_config_and_stops_cleanly_on_sigterm(tmp_path: Path) 
     cfg = tmp_path / "courier.toml"
     cfg.write_text(
         f'[courier]\nport = {port}\ndata-dir = "{tmp_path / "d"}"\nargon2_time_cost = 1\n'
+        'metrics_listen = "127.0.0.1:0"\n'
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "courier", "serve", "--config", str(cfg)],

@@ -4,6 +4,7 @@ trusted proxy (loopback here), the way a server behind nginx sees them."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -85,6 +86,27 @@ async def test_failed_logins_spread_over_addresses_are_throttled_but_the_owner_g
     other = unique("own")
     assert (await register(api, other, "198.51.100.3")).status == 201
     assert (await login(api, other, PASSWORD, "203.0.113.99")).status == 201
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [
+        {
+            **BEHIND_PROXY,
+            "login_failure_rate_per_user": 0.01,
+            "login_failure_burst_per_user": 3,
+        }
+    ],
+    ids=["failures-3"],
+)
+async def test_guesses_made_at_the_same_moment_share_the_account_budget(api: Api) -> None:
+    """Concurrent guesses cannot all pass the check before any has failed: at most the
+    burst is even tried; the rest are refused before their password is hashed."""
+    name = unique("con")
+    assert (await register(api, name, "198.51.100.4")).status == 201
+    guesses = [login(api, name, "guess", f"203.0.113.{i + 100}") for i in range(20)]
+    statuses = sorted(r.status for r in await asyncio.gather(*guesses))
+    assert statuses.count(401) <= 3 and statuses.count(429) >= 17, statuses
 
 
 @pytest.mark.parametrize(

@@ -136,19 +136,17 @@ class Accounts:
     async def login(
         self, username: str, password: str, address: str = "", *, user_agent: str = ""
     ) -> str:
-        self._throttle.login(address, username)
+        took = self._throttle.login(address, username)
         user = await self._store.get_user(username)
         if user is None:
             # Spend the same time as a real check, so response times do not reveal names.
             if self._dummy_hash is None:
                 self._dummy_hash = await self._hash(secrets.token_hex(16))
             await self._verify(self._dummy_hash, password)
-            self._throttle.failed(username)
             raise _bad_credentials()
         if not await self._verify(user.password_hash, password):
-            self._throttle.failed(username)
             raise _bad_credentials()
-        self._throttle.succeeded(address, username)
+        self._throttle.succeeded(address, username, took)
         token = secrets.token_urlsafe(32)  # 256 random bits
         token_hash = hash_token(token)
         device = token_hash[:8].hex()  # the session id: public, and no use as a token

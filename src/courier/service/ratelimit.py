@@ -27,11 +27,9 @@ class TokenBucket:
         self._tokens = tokens
         return (1.0 - tokens) / self._rate
 
-    def wait(self, now: float | None = None) -> float:
-        """The seconds until a token is available (0 when one is), taking nothing."""
-        now = time.monotonic() if now is None else now
-        tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._rate
+    def give_back(self) -> None:
+        """Return a token taken for an attempt that turned out not to count."""
+        self._tokens = min(self._burst, self._tokens + 1.0)
 
     def full(self, now: float) -> bool:
         return self._tokens + (now - self._last) * self._rate >= self._burst
@@ -59,10 +57,10 @@ class KeyedLimiter:
         """Take a token if there is one; the seconds to wait when there was none."""
         return self._bucket(key).take()
 
-    def wait(self, key: str) -> float:
-        """The seconds until `key` may go again (0: now), taking nothing."""
+    def give_back(self, key: str) -> None:
         bucket = self._buckets.get(key)
-        return 0.0 if bucket is None else bucket.wait()
+        if bucket is not None:
+            bucket.give_back()
 
     def _bucket(self, key: str) -> TokenBucket:
         bucket = self._buckets.get(key)

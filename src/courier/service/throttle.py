@@ -56,21 +56,25 @@ class AuthThrottle:
         if self._register is not None and address:
             self._register.check(address)
 
-    def login(self, address: str, username: str) -> None:
+    def login(self, address: str, username: str) -> bool:
         """Before the password is checked: raises 429 when this address tries too often, or
-        when this account failed too often and the address is not one it logged in from."""
+        when this account failed too often and the address is not one it logged in from.
+
+        The attempt takes its token of the account's failure budget up front, so guesses
+        made at the same moment cannot all pass the check before any of them has failed;
+        a success gives it back (`succeeded`). True when a token was taken."""
         if self._login is not None and address:
             self._login.check(address)
-        if self._failures is not None and not self._is_known(username, address):
-            wait = self._failures.wait(username)
-            if wait:
-                raise rate_limited(wait)
+        if self._failures is None or self._is_known(username, address):
+            return False
+        wait = self._failures.take(username)
+        if wait:
+            raise rate_limited(wait)
+        return True
 
-    def failed(self, username: str) -> None:
-        if self._failures is not None:
-            self._failures.take(username)
-
-    def succeeded(self, address: str, username: str) -> None:
+    def succeeded(self, address: str, username: str, took: bool) -> None:
+        if took and self._failures is not None:
+            self._failures.give_back(username)
         if not address:
             return
         key = (username, address)

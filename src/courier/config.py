@@ -26,6 +26,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     frame_burst: int = 2000
     typing_rate: float = 5.0
     typing_burst: int = 10
+    group_max_members: int = 1000  # members of one group, its owner included
     ws_send_buffer_max: int = 1024 * 1024  # bytes queued for one connection before it is cut
     ws_pending_sends_max: int = 1024  # sends of one connection waiting for the store
     ws_heartbeat: float = 30.0
@@ -135,6 +136,7 @@ def _check(s: Settings) -> None:
         "frame_burst",
         "typing_rate",
         "typing_burst",
+        "group_max_members",
         "ws_send_buffer_max",
         "ws_pending_sends_max",
         "auth_timeout",

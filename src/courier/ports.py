@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from courier.domain.groups import GroupState
 from courier.domain.ops import Conversation, SessionRecord, TokenRecord, UserRecord, WriteOp
 
 
@@ -50,9 +51,18 @@ class Store(Protocol):
         """Events with seq > after, oldest first, at most `limit`."""
         ...
 
-    async def incoming_summary(self, user: str, after: int, up_to: int) -> dict[str, int]:
-        """For incoming messages in (after, up_to] of `user`'s timeline: peer -> highest seq
-        of the matching outgoing copies in the peer's timeline."""
+    async def incoming_summary(
+        self, user: str, after: int, up_to: int
+    ) -> dict[tuple[str, str], int]:
+        """For incoming messages in (after, up_to] of `user`'s timeline: (sender, group or
+        "") -> highest seq of the matching outgoing copies in the sender's timeline. Group
+        messages count only when their group gets per-member receipts."""
+        ...
+
+    async def get_group(self, gid: str) -> GroupState | None: ...
+
+    async def user_groups(self, user: str, limit: int) -> list[GroupState]:
+        """The groups `user` is a member of, at most `limit`, in id order."""
         ...
 
     async def conversations(self, user: str, limit: int) -> list[Conversation]:
@@ -75,11 +85,16 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True):
     data: bytes = b""
     skip: str = ""  # id of the connection that must not get this event (the sender's own)
     t0: float = 0.0  # wall-clock time the send was accepted, for the send-to-push histogram
+    # A group message (kind GROUP; `user` is the group, `data` the event after its seq):
+    # member i gets `{"seq":seqs[i]` + data. One envelope for all members, not one each.
+    members: tuple[str, ...] = ()
+    seqs: tuple[int, ...] = ()
 
 
 EVENT = 1  # a timeline event (data = wire JSON)
 TYPING = 2  # an ephemeral frame (data = wire JSON)
 REVOKE = 3  # a token was revoked (data = token hash): close connections that used it
+GROUP = 5  # a group message for its members (see Envelope.members)
 RESYNC = 4  # the broker may have lost envelopes (it was cut off): every local connection
 # catches up from the store (user = "", handed to every subscriber of the node)
 

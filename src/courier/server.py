@@ -26,12 +26,14 @@ from courier.metrics import Metrics
 from courier.ports import Broker, Cache, Store
 from courier.service.accounts import Accounts
 from courier.service.delivery import Delivery
+from courier.service.groups import Groups
 from courier.service.registry import Registry
 from courier.service.retention import run_retention
 from courier.service.throttle import AuthThrottle, ThrottleSettings
 from courier.transport.admission import FD_RESERVE, Admission, parse_networks
 from courier.transport.app import build_app, build_metrics_app
 from courier.transport.http_api import HttpApi
+from courier.transport.http_groups import GroupRoutes
 from courier.transport.http_guard import GuardedHandler
 from courier.transport.listener import PortSniffer
 from courier.transport.ws import WsEndpoint, WsSettings
@@ -114,6 +116,7 @@ class Server:
             typing_burst=settings.typing_burst,
             cache=self.cache,
         )
+        self.groups = Groups(self.store, self.delivery, max_members=settings.group_max_members)
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._metrics_listener: asyncio.Server | None = None
@@ -172,7 +175,7 @@ class Server:
                 pending_sends_max=s.ws_pending_sends_max,
             ),
         )
-        app = build_app(api, ws, s.request_max_bytes)
+        app = build_app(api, ws, s.request_max_bytes, GroupRoutes(api, self.groups).routes())
         # Generous line and header bounds so that long-but-well-formed requests reach the
         # application and get the contract's JSON errors; broken HTTP framing gets them from
         # GuardedHandler.handle_error.

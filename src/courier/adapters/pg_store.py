@@ -698,7 +698,9 @@ class PgStore:
         )
         return [(r[0], r[1]) for r in rows]
 
-    async def incoming_summary(self, user: str, after: int, up_to: int) -> dict[str, int]:
+    async def incoming_summary(
+        self, user: str, after: int, up_to: int
+    ) -> dict[tuple[str, str], int]:
         rows = await self._fetch(
             self.server_of(user),
             "SELECT peer, max(counterpart), array_agg(client_id) FILTER (WHERE counterpart IS NULL)"
@@ -718,7 +720,7 @@ class PgStore:
             seq = max(seqs.values(), default=0)
             if seq > out.get(peer, 0):
                 out[peer] = seq
-        return out
+        return {(peer, ""): seq for peer, seq in out.items()}
 
     async def _counterparts(self, sender: str, client_ids: Iterable[str]) -> dict[str, int]:
         """Seqs of `sender`'s outgoing copies by client_id, read on the sender's server."""

@@ -14,6 +14,8 @@ import msgspec
 from rocksdict import Rdict, WriteBatch
 
 from courier.adapters import rocks_keys as K
+from courier.adapters.rocks_groups import GroupCache, GroupOps
+from courier.adapters.rocks_refs import log_entries, resolve
 from courier.domain.errors import CourierError, bad_request, unknown_user
 from courier.domain.events import (
     MessageEvent,
@@ -23,11 +25,15 @@ from courier.domain.events import (
     peek,
     with_seq,
 )
+from courier.domain.groups import GroupReceiptEvent, is_group
 from courier.domain.ops import (
     AckAdvance,
     AdvanceAck,
+    AppendGroupMessage,
     AppendMessage,
     AppendReceipt,
+    ChangeGroup,
+    CreateGroup,
     CreateUser,
     DeleteToken,
     MarkRead,
@@ -42,11 +48,17 @@ from courier.domain.ops import (
 )
 
 _MISSING = object()
+READ_SCAN_MAX = 1000  # conversation entries a group read marker looks at for receipts
 
 
-class Batch:
-    def __init__(self, db: Rdict, known_users: set[str]) -> None:
+class Batch(GroupOps):
+    def __init__(
+        self, db: Rdict, known_users: set[str], group_cache: GroupCache | None = None
+    ) -> None:
         self.db = db
+        self.group_cache = group_cache if group_cache is not None else GroupCache()
+        self.groups_changed: dict[str, Any] = {}
+        self._gseqs: dict[str, int] = {}
         self.wb = WriteBatch(raw_mode=True)
         self.known_users = known_users
         self.new_users: list[str] = []
@@ -80,6 +92,15 @@ class Batch:
                 )
                 if r not in self.known_users:
                     keys.append(K.user_key(r))
+            elif isinstance(op, AppendGroupMessage):
+                s = op.sender
+                keys += (K.dedupe_key(s, s, op.client_id), K.gseq_key(op.group))
+                state = self.group_cache.states.get(op.group)
+                if state is None:
+                    keys.append(K.group_key(op.group))
+                else:  # every member's head and conversation meta
+                    keys += [K.head_key(u) for u in state.usernames]
+                    keys += [K.meta_key(u, op.group) for u in state.usernames]
         if keys:
             keys = list(dict.fromkeys(keys))
             values = cast("list[bytes | None]", self.db.get(list[Any](keys)))
@@ -144,6 +165,7 @@ class Batch:
 
     def finish(self) -> None:
         """Write the values kept in the overlays once per batch, not once per operation."""
+        self.finish_groups()
         for user, seq in self._heads.items():
             self.wb.put(K.head_key(user), K.pack_u64(seq))
         for (owner, peer), meta in self._metas.items():
@@ -249,9 +271,10 @@ class Batch:
 
     def _original_answer(self, sender: str, seq: int, client_id: str) -> SendResult:
         raw = self.db.get(K.timeline_key(sender, seq))
-        if raw is None:
+        event = None if raw is None else resolve(self.db, seq, raw)
+        if event is None:
             raise CourierError("store_inconsistent", "The original message is gone.", 500)
-        ev = peek(K.event_of(raw))
+        ev = peek(event)
         return SendResult(ev.id, seq, ev.ts, client_id, True)
 
     def _touch_conversation(
@@ -281,7 +304,7 @@ class Batch:
             return AckAdvance(before, seq)
         return AckAdvance(before, before)
 
-    def mark_read(self, op: MarkRead) -> int:
+    def mark_read(self, op: MarkRead) -> int | tuple[tuple[str, int], ...]:
         seq = min(op.seq, self.committed_head(op.user))
         meta = self.meta(op.user, op.peer)
         if meta is None:
@@ -292,27 +315,69 @@ class Batch:
         if not it.valid() or not it.key().startswith(prefix):
             return 0
         ordinal, counterpart = K.unpack_conv(it.value())
+        before = meta[2]
         if seq > meta[2]:
             meta[2], meta[3] = seq, ordinal
+        if is_group(op.peer):
+            return self._group_read_receipts(op.user, op.peer, before, seq)
         # Answered even when the marker did not move, so a receipt lost to a crash after
         # this commit is produced by the client's next read (receipts are max-registers).
         return counterpart
 
+    def _group_read_receipts(
+        self, user: str, gid: str, before: int, seq: int
+    ) -> tuple[tuple[str, int], ...]:
+        """(author, author's seq) of the newest message of each author in the range newly
+        read (or, when nothing moved, the last few: a receipt lost to a crash comes again)."""
+        prefix = K.conv_prefix(user, gid)
+        it = self.db.iter()
+        it.seek_for_prev(prefix + K.pack_u64(seq))
+        gseqs: list[int] = []
+        floor = before if seq > before else 0
+        budget = READ_SCAN_MAX if seq > before else 50
+        while it.valid() and len(gseqs) < budget:
+            key = it.key()
+            if not key.startswith(prefix) or K.seq_of(key) <= floor:
+                break
+            gseq = K.unpack_conv(it.value())[1]
+            if gseq:
+                gseqs.append(gseq)
+            it.prev()
+        newest: dict[str, int] = {}
+        for entry in log_entries(self.db, [(gid, q) for q in gseqs]):
+            if entry is None or not entry[0] & K.LOG_RECEIPTS or entry[2] == user:
+                continue
+            if entry[1] > newest.get(entry[2], 0):
+                newest[entry[2]] = entry[1]
+        return tuple(newest.items())
+
     def append_receipt(self, op: AppendReceipt) -> Published | None:
-        key = K.receipt_key(op.owner, op.peer, op.status)
+        key = K.receipt_key(op.owner, op.peer, op.status, op.group)
         raw = self.get(key)
         if raw is not None and K.unpack_u64(raw) >= op.up_to:
             return None
         self.put(key, K.pack_u64(op.up_to))
         if op.status == "read":  # read implies delivered: no later, smaller delivered receipt
-            dkey = K.receipt_key(op.owner, op.peer, "delivered")
+            dkey = K.receipt_key(op.owner, op.peer, "delivered", op.group)
             draw = self.get(dkey)
             if draw is None or K.unpack_u64(draw) < op.up_to:
                 self.put(dkey, K.pack_u64(op.up_to))
         seq = self.next_seq(op.owner)
-        event = encode_event(
-            ReceiptEvent(seq=seq, status=op.status, peer=op.peer, up_to=op.up_to, ts=op.ts)
-        )
+        if op.group:
+            event = msgspec.json.encode(
+                GroupReceiptEvent(
+                    seq=seq,
+                    status=op.status,
+                    group=op.group,
+                    peer=op.peer,
+                    up_to=op.up_to,
+                    ts=op.ts,
+                )
+            )
+        else:
+            event = encode_event(
+                ReceiptEvent(seq=seq, status=op.status, peer=op.peer, up_to=op.up_to, ts=op.ts)
+            )
         self.wb.put(
             K.timeline_key(op.owner, seq), K.timeline_value(K.KIND_RECEIPT, 0, op.peer, event)
         )
@@ -345,6 +410,8 @@ class Batch:
             if not key.startswith(prefix):
                 break
             kind, _cp, peer, event = K.parse_timeline_value(it.value())
+            if kind in K.GROUP_REFS:
+                event = resolve(self.db, K.seq_of(key), it.value()) or b'{"seq":0,"type":""}'
             ev = peek(event)
             if ev.ts >= cutoff_ts:
                 break
@@ -355,11 +422,33 @@ class Batch:
                 meta = self.meta(user, peer)
                 if meta is not None and meta[0] == seq:
                     meta[0] = 0  # the newest message of the conversation is gone
-                if kind == K.KIND_OUT:
+                if kind in (K.KIND_OUT, K.KIND_GROUP_OUT) and ev.client_id:
                     self.delete(K.dedupe_key(user, user, ev.client_id))
             dropped += 1
             it.next()
-        return dropped
+        return dropped + self._sweep_group_logs(user, cutoff_ts)
+
+    def _sweep_group_logs(self, user: str, cutoff_ts: int) -> int:
+        """The old entries of the logs of `user`'s groups (every member's references to
+        them are at least as old, so they go in the same sweep); not counted as events."""
+        prefix = K.member_of_prefix(user)
+        it = self.db.iter()
+        it.seek(prefix)
+        gids: list[str] = []
+        while it.valid() and it.key().startswith(prefix) and len(gids) < 10_000:
+            gids.append(it.key()[len(prefix) :].decode())
+            it.next()
+        for gid in gids:
+            log_prefix = K.group_log_prefix(gid)
+            lit = self.db.iter()
+            lit.seek(log_prefix)
+            while lit.valid() and lit.key().startswith(log_prefix):
+                tail = K.parse_log_value(lit.value())[3]
+                if peek(b'{"seq":0' + tail).ts >= cutoff_ts:
+                    break
+                self.wb.delete(lit.key())
+                lit.next()
+        return 0
 
 
 _HANDLERS: dict[type, str] = {
@@ -371,5 +460,8 @@ _HANDLERS: dict[type, str] = {
     AdvanceAck: "advance_ack",
     MarkRead: "mark_read",
     AppendReceipt: "append_receipt",
+    AppendGroupMessage: "append_group_message",
+    CreateGroup: "create_group",
+    ChangeGroup: "change_group",
     Sweep: "sweep",
 }

@@ -97,8 +97,37 @@ def ack_max_key(user: str) -> bytes:
     return b"A" + _u(user)
 
 
-def receipt_key(owner: str, peer: str, status: str) -> bytes:
-    return b"p" + _u(owner) + SEP + _u(peer) + SEP + status.encode()
+def receipt_key(owner: str, peer: str, status: str, group: str = "") -> bytes:
+    key = b"p" + _u(owner) + SEP + _u(peer) + SEP + status.encode()
+    return key + SEP + group.encode() if group else key
+
+
+def group_key(gid: str) -> bytes:
+    """A group's state (name, members with roles)."""
+    return b"G" + gid.encode()
+
+
+def gseq_key(gid: str) -> bytes:
+    """The newest entry of a group's log."""
+    return b"Q" + gid.encode()
+
+
+def group_log_key(gid: str, gseq: int) -> bytes:
+    """A group message, stored once: members' timelines hold references to it."""
+    return b"L" + gid.encode() + SEP + _Q.pack(gseq)
+
+
+def group_log_prefix(gid: str) -> bytes:
+    return b"L" + gid.encode() + SEP
+
+
+def member_of_prefix(user: str) -> bytes:
+    return b"g" + _u(user) + SEP
+
+
+def member_of_key(user: str, gid: str) -> bytes:
+    """The groups of a user, listed by a prefix scan."""
+    return member_of_prefix(user) + gid.encode()
 
 
 def seq_of(key: bytes) -> int:
@@ -111,6 +140,10 @@ def seq_of(key: bytes) -> int:
 KIND_IN = 1  # incoming message; counterpart = seq of the sender's outgoing copy
 KIND_OUT = 2  # outgoing copy; counterpart = seq in the recipient's timeline
 KIND_RECEIPT = 3
+KIND_GROUP_IN = 4  # a group message from another member: counterpart = its gseq, peer = group
+KIND_GROUP_OUT = 5  # the sender's copy of a group message: the same reference
+KIND_GROUP_EVENT = 6  # a membership event (the whole event stored: they are rare)
+GROUP_REFS = (KIND_GROUP_IN, KIND_GROUP_OUT)
 _HDR = struct.Struct(">BQB")
 
 
@@ -153,3 +186,21 @@ def pack_meta(meta: list[int]) -> bytes:
 
 def unpack_meta(raw: bytes) -> list[int]:
     return list(_META.unpack(raw))
+
+
+# Group log values: flags, the author's seq of their outgoing copy, the author, then the
+# event's encoding after its seq (each member's event is `{"seq":N` + this tail).
+LOG_RECEIPTS = 1  # the group was small enough for per-member receipts when this was sent
+_LOG = struct.Struct(">BQB")
+
+
+def log_value(flags: int, author_seq: int, author: str, tail: bytes) -> bytes:
+    a = _u(author)
+    return _LOG.pack(flags, author_seq, len(a)) + a + tail
+
+
+def parse_log_value(raw: bytes) -> tuple[int, int, str, bytes]:
+    """(flags, author's seq, author, tail)."""
+    flags, author_seq, alen = _LOG.unpack_from(raw)
+    start = _LOG.size + alen
+    return flags, author_seq, raw[_LOG.size : start].decode(), raw[start:]

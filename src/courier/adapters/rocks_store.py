@@ -33,8 +33,11 @@ from rocksdict import (
 
 from courier.adapters import rocks_keys as K
 from courier.adapters.rocks_batch import Batch
+from courier.adapters.rocks_groups import GroupCache
+from courier.adapters.rocks_refs import log_entries, resolve_many
 from courier.adapters.rocks_wal import WalSync
 from courier.domain.errors import CourierError, store_unavailable
+from courier.domain.groups import GroupState
 from courier.domain.ops import (
     Conversation,
     SessionRecord,
@@ -98,6 +101,7 @@ class RocksStore:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._known_users: set[str] = set()
+        self._groups = GroupCache()  # the writer's, like _known_users
         self._failed = False
         self._wal_broken = False
 
@@ -204,7 +208,7 @@ class RocksStore:
             self._loop.call_soon_threadsafe(_resolve, [fut for _op, fut in items], refused)
             return
         started = time.perf_counter()
-        batch = Batch(self.db, self._known_users)
+        batch = Batch(self.db, self._known_users, self._groups)
         results: list[Any] = []
         try:
             batch.prefetch([op for op, _fut in items])
@@ -243,6 +247,7 @@ class RocksStore:
             else:
                 self._failed = False
                 self._known_users.update(batch.new_users)
+                self._groups.update(batch.groups_changed)
         if self._metrics is not None:
             self._metrics.store_batch_size.observe(len(items))
             self._metrics.store_commit_seconds.observe(time.perf_counter() - started)
@@ -317,24 +322,54 @@ class RocksStore:
             key = it.key()
             if not key.startswith(prefix):
                 break
-            out.append((K.seq_of(key), K.event_of(it.value())))
+            out.append((K.seq_of(key), it.value()))
             it.next()
-        return out
+        return resolve_many(self.db, out)
 
-    async def incoming_summary(self, user: str, after: int, up_to: int) -> dict[str, int]:
+    async def incoming_summary(
+        self, user: str, after: int, up_to: int
+    ) -> dict[tuple[str, str], int]:
         prefix = K.timeline_prefix(user)
         it = self.db.iter()
         it.seek(prefix + K.pack_u64(after + 1))
-        out: dict[str, int] = {}
+        out: dict[tuple[str, str], int] = {}
+        refs: list[tuple[str, int]] = []
         while it.valid():
             key = it.key()
             if not key.startswith(prefix) or K.seq_of(key) > up_to:
                 break
             kind, counterpart, peer, _event = K.parse_timeline_value(it.value())
-            if kind == K.KIND_IN and counterpart > out.get(peer, 0):
-                out[peer] = counterpart
+            if kind == K.KIND_IN and counterpart > out.get((peer, ""), 0):
+                out[(peer, "")] = counterpart
+            elif kind == K.KIND_GROUP_IN:
+                refs.append((peer, counterpart))
             it.next()
+        for (gid, _gseq), entry in zip(refs, log_entries(self.db, refs), strict=True):
+            if entry is None or not entry[0] & K.LOG_RECEIPTS:
+                continue
+            if entry[1] > out.get((entry[2], gid), 0):
+                out[(entry[2], gid)] = entry[1]
         return out
+
+    async def get_group(self, gid: str) -> GroupState | None:
+        raw = self.db.get(K.group_key(gid))
+        return None if raw is None else msgspec.msgpack.decode(raw, type=GroupState)
+
+    async def user_groups(self, user: str, limit: int) -> list[GroupState]:
+        prefix = K.member_of_prefix(user)
+        it = self.db.iter()
+        it.seek(prefix)
+        gids: list[str] = []
+        while len(gids) < limit and it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            gids.append(key[len(prefix) :].decode())
+            it.next()
+        if not gids:
+            return []
+        raws = self._multi_get([K.group_key(g) for g in gids])
+        return [msgspec.msgpack.decode(r, type=GroupState) for r in raws if r is not None]
 
     async def conversations(self, user: str, limit: int) -> list[Conversation]:
         prefix = K.recent_prefix(user)
@@ -351,12 +386,18 @@ class RocksStore:
             return []
         metas = self._multi_get([K.meta_key(user, peer) for peer, _ in rows])
         lasts = self._multi_get([K.timeline_key(user, seq) for _, seq in rows])
+        found = [
+            (peer, seq, meta_raw, last_raw)
+            for (peer, seq), meta_raw, last_raw in zip(rows, metas, lasts, strict=True)
+            if meta_raw is not None and last_raw is not None
+        ]
+        events = dict(resolve_many(self.db, [(seq, last) for _, seq, _, last in found]))
         out: list[Conversation] = []
-        for (peer, seq), meta_raw, last_raw in zip(rows, metas, lasts, strict=True):
-            if meta_raw is None or last_raw is None:
+        for peer, seq, meta_raw, _last in found:
+            if seq not in events:
                 continue
             meta = K.unpack_meta(meta_raw)
-            out.append(Conversation(peer, seq, K.event_of(last_raw), max(meta[1] - meta[3], 0)))
+            out.append(Conversation(peer, seq, events[seq], max(meta[1] - meta[3], 0)))
         return out
 
     async def history(
@@ -378,9 +419,8 @@ class RocksStore:
         if not seqs:
             return []
         values = self._multi_get([K.timeline_key(user, seq) for seq in seqs])
-        return [
-            (seq, K.event_of(raw)) for seq, raw in zip(seqs, values, strict=True) if raw is not None
-        ]
+        rows = [(seq, raw) for seq, raw in zip(seqs, values, strict=True) if raw is not None]
+        return resolve_many(self.db, rows)
 
 
 def _session(session_id: str, token_hash: bytes, raw: bytes) -> SessionRecord:

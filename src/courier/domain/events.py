@@ -59,10 +59,11 @@ def encode_event(event: Event) -> bytes:
 _SEQ0 = b'{"seq":0'
 
 
-def message_tail(event: MessageEvent) -> bytes:
-    """The encoding of `event` after its seq (which is always the first field)."""
+def message_tail(event: msgspec.Struct) -> bytes:
+    """The encoding of `event` (any event struct, made with seq 0) after its seq, which is
+    always the first field."""
     raw = msgspec.json.encode(event)
-    assert raw.startswith(_SEQ0) and event.seq == 0
+    assert raw.startswith(_SEQ0)
     return raw[len(_SEQ0) :]
 
 
@@ -74,5 +75,7 @@ def peek(raw: bytes) -> EventPeek:
     return msgspec.json.decode(raw, type=EventPeek)
 
 
-def typing_frame(sender: str) -> bytes:
+def typing_frame(sender: str, group: str | None = None) -> bytes:
+    if group is not None:
+        return msgspec.json.encode({"type": "typing", "from": sender, "group": group})
     return msgspec.json.encode({"type": "typing", "from": sender})

@@ -11,6 +11,8 @@ from typing import Literal
 
 import msgspec
 
+from courier.domain.groups import GroupState
+
 
 class Published(msgspec.Struct, frozen=True):
     """An event appended to `user`'s timeline, ready to push: `data` is the wire JSON."""
@@ -78,6 +80,61 @@ class SendResult(msgspec.Struct, frozen=True):
     client_id: str
     duplicate: bool
     published: tuple[Published, ...] = ()
+    fanout: GroupFanout | None = None
+
+
+class AppendGroupMessage(msgspec.Struct, frozen=True):
+    """A group message: its body once in the group's log, and a reference to it in the
+    timeline of every member (the sender's is its outgoing copy), in one atomic write."""
+
+    sender: str
+    group: str
+    body: str
+    client_id: str
+    ts: int
+    id: str
+
+
+class GroupFanout(msgspec.Struct, frozen=True):
+    """A stored group message, ready to push: member i's event is `{"seq":seqs[i]` + tail."""
+
+    group: str
+    tail: bytes
+    members: tuple[str, ...]
+    seqs: tuple[int, ...]
+
+
+class CreateGroup(msgspec.Struct, frozen=True):
+    """A new group, `owner` and `members` in it; 404 `unknown_user` makes nothing."""
+
+    id: str
+    name: str
+    owner: str
+    members: tuple[str, ...]
+    ts: int
+    max_members: int
+
+
+class ChangeGroup(msgspec.Struct, frozen=True):
+    """A change decided under the writer by domain.groups: `rename` (name), `add` (member,
+    role: a new member, or a new role for one), `remove` (member; by == member leaves)."""
+
+    id: str
+    by: str
+    kind: Literal["rename", "add", "remove"]
+    ts: int
+    member: str = ""
+    role: str = "member"
+    name: str = ""
+    max_members: int = 1000
+
+
+class GroupResult(msgspec.Struct, frozen=True):
+    """The group after a create or change (None when its last member left), and the
+    membership events appended."""
+
+    group: GroupState | None
+    published: tuple[Published, ...] = ()
 
 
 class AdvanceAck(msgspec.Struct, frozen=True):
@@ -96,7 +153,9 @@ class AckAdvance(msgspec.Struct, frozen=True):
 
 class MarkRead(msgspec.Struct, frozen=True):
     """`user` has read messages from `peer` up to `seq` of user's own timeline. The result is
-    the sender-side seq (in `peer`'s timeline) of the newest incoming message covered, or 0."""
+    the sender-side seq (in `peer`'s timeline) of the newest incoming message covered, or 0.
+    For a group (`peer` is its id) the result is a tuple of (author, author's seq) pairs, one
+    per author of the messages newly covered (empty for groups without receipts)."""
 
     user: str
     peer: str
@@ -112,6 +171,7 @@ class AppendReceipt(msgspec.Struct, frozen=True):
     status: Literal["delivered", "read"]
     up_to: int
     ts: int
+    group: str = ""  # a receipt for group messages: markers per (owner, group, peer)
 
 
 class Sweep(msgspec.Struct, frozen=True):
@@ -129,6 +189,9 @@ WriteOp = (
     | DeleteToken
     | TouchToken
     | AppendMessage
+    | AppendGroupMessage
+    | CreateGroup
+    | ChangeGroup
     | AdvanceAck
     | MarkRead
     | AppendReceipt

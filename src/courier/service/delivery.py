@@ -16,10 +16,12 @@ from typing import Any
 
 from courier.domain.errors import CourierError, bad_request, unknown_user
 from courier.domain.events import DELIVERED, READ, typing_frame
+from courier.domain.groups import GroupState, is_group, unknown_group, valid_group_id
 from courier.domain.ids import IdGenerator
 from courier.domain.names import valid_username
 from courier.domain.ops import (
     AdvanceAck,
+    AppendGroupMessage,
     AppendMessage,
     AppendReceipt,
     Conversation,
@@ -28,7 +30,7 @@ from courier.domain.ops import (
     SendResult,
 )
 from courier.metrics import Metrics
-from courier.ports import EVENT, TYPING, Broker, Cache, Envelope, Store
+from courier.ports import EVENT, GROUP, TYPING, Broker, Cache, Envelope, Store
 from courier.service.accounts import Session, now_ms
 from courier.service.ratelimit import KeyedLimiter
 from courier.service.recent import RecentConversations
@@ -67,13 +69,23 @@ class Delivery:
 
     # ---- send ---------------------------------------------------------------------------
     def send(
-        self, session: Session, to: str, body: str, client_id: str, *, skip: str = ""
+        self,
+        session: Session,
+        to: str | None,
+        body: str,
+        client_id: str,
+        *,
+        skip: str = "",
+        group: str | None = None,
     ) -> asyncio.Future[SendResult]:
-        """Submit a send and return at once; the future resolves after the push.
+        """Submit a send (to a user, or to a group) and return at once; the future resolves
+        after the push.
 
         Synchronous on purpose: sends pipelined on one connection reach the store queue in
         the order they were received, so they are stored in that order.
         """
+        if (to is None) == (group is None):
+            raise bad_request("A send names exactly one of to and group.")
         if not 1 <= len(client_id) <= CLIENT_ID_MAX:
             raise bad_request(f"client_id must be 1..{CLIENT_ID_MAX} characters.")
         if not 1 <= len(body) <= self._body_max:
@@ -82,11 +94,19 @@ class Delivery:
                 f"body must be 1..{self._body_max} characters.",
                 413 if body else 400,
             )
-        if not valid_username(to):
-            raise unknown_user(to)
-        self._send_limit.check(session.username)
+        op: AppendMessage | AppendGroupMessage
         ts = now_ms()
-        op = AppendMessage(session.username, to, body, client_id, ts, self._ids.new(ts))
+        if group is not None:
+            if not valid_group_id(group):
+                raise unknown_group(group)
+            self._send_limit.check(session.username)
+            op = AppendGroupMessage(session.username, group, body, client_id, ts, self.new_id(ts))
+        else:
+            assert to is not None
+            if not valid_username(to):
+                raise unknown_user(to)
+            self._send_limit.check(session.username)
+            op = AppendMessage(session.username, to, body, client_id, ts, self.new_id(ts))
         stored = self._store.submit(op)
         answer: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
         stored.add_done_callback(partial(self._stored, answer, time.time(), skip))
@@ -105,6 +125,15 @@ class Delivery:
         result: SendResult = stored.result()
         if result.duplicate:
             self._metrics.hot.send_retries += 1
+        elif result.fanout is not None:
+            self._metrics.hot.messages_sent += 1
+            fan = result.fanout
+            if self._recent is not None:
+                for user in fan.members:
+                    self._recent.invalidate(user)
+            self._broker.publish(
+                Envelope(fan.group, GROUP, 0, fan.tail, skip, t0, fan.members, fan.seqs)
+            )
         else:
             self._metrics.hot.messages_sent += 1
             incoming, outgoing = result.published
@@ -118,6 +147,16 @@ class Delivery:
 
     def _publish(self, pub: Published, *, skip: str = "", t0: float = 0.0) -> None:
         self._broker.publish(Envelope(pub.user, EVENT, pub.seq, pub.data, skip, t0))
+
+    def new_id(self, ts: int) -> str:
+        return self._ids.new(ts)
+
+    def publish_all(self, published: tuple[Published, ...]) -> None:
+        """Events appended outside a send (membership changes): pushed, views invalidated."""
+        for pub in published:
+            if self._recent is not None:
+                self._recent.invalidate(pub.user)
+            self._publish(pub)
 
     # ---- pull ---------------------------------------------------------------------------
     async def events(
@@ -143,15 +182,34 @@ class Delivery:
             summary = await self._store.incoming_summary(user, acked, seq)
             await self._receipts(
                 [
-                    AppendReceipt(peer, user, DELIVERED, up_to, now_ms())
-                    for peer, up_to in summary.items()
+                    AppendReceipt(peer, user, DELIVERED, up_to, now_ms(), group)
+                    for (peer, group), up_to in summary.items()
                 ]
             )
         await self._store.submit(AdvanceAck(user, session.device, seq))
 
-    async def read(self, session: Session, peer: str, seq: int) -> None:
-        """Messages from `peer` up to `seq` of the reader's timeline are read."""
+    async def read(
+        self, session: Session, peer: str | None, seq: int, group: str | None = None
+    ) -> None:
+        """Messages from `peer` (or in `group`) up to `seq` of the reader's timeline are
+        read."""
         user = session.username
+        if (peer is None) == (group is None):
+            raise bad_request("A read marker names exactly one of peer and group.")
+        if group is not None:
+            await self.member_group(user, group)
+            seq = await self._check_seq(user, seq)
+            authors: tuple[tuple[str, int], ...] = await self._store.submit(
+                MarkRead(user, group, seq)
+            )
+            if self._recent is not None:
+                self._recent.invalidate(user)
+            ts = now_ms()
+            await self._receipts(
+                [AppendReceipt(a, user, READ, up_to, ts, group) for a, up_to in authors]
+            )
+            return
+        assert peer is not None
         if not valid_username(peer) or await self._store.get_user(peer) is None:
             raise unknown_user(peer)
         seq = await self._check_seq(user, seq)
@@ -160,6 +218,15 @@ class Delivery:
             self._recent.invalidate(user)  # unread counts changed
         if up_to:
             await self._receipts([AppendReceipt(peer, user, READ, up_to, now_ms())])
+
+    async def member_group(self, user: str, gid: str) -> GroupState:
+        """The group, when `user` is a member of it; else 404 unknown_group."""
+        if not valid_group_id(gid):
+            raise unknown_group(gid)
+        state = await self._store.get_group(gid)
+        if state is None or state.member(user) is None:
+            raise unknown_group(gid)
+        return state
 
     async def _receipts(self, ops: list[AppendReceipt]) -> None:
         if not ops:
@@ -178,7 +245,18 @@ class Delivery:
         return seq
 
     # ---- typing -------------------------------------------------------------------------
-    async def typing(self, session: Session, to: str) -> None:
+    async def typing(self, session: Session, to: str | None, group: str | None = None) -> None:
+        if (to is None) == (group is None):
+            raise bad_request("A typing frame names exactly one of to and group.")
+        if group is not None:
+            self._typing_limit.check(session.username)
+            state = await self.member_group(session.username, group)
+            frame = typing_frame(session.username, group)
+            for member in state.usernames:
+                if member != session.username:
+                    self._broker.publish(Envelope(member, TYPING, 0, frame))
+            return
+        assert to is not None
         if not valid_username(to) or to == session.username:
             raise unknown_user(to)
         self._typing_limit.check(session.username)
@@ -193,11 +271,24 @@ class Delivery:
             return await self._recent.conversations(session.username, limit)
         return await self._store.conversations(session.username, limit)
 
+    async def group_names(self, rows: list[Conversation]) -> dict[str, str]:
+        """The current names of the groups among `rows` (a group that is gone: no name)."""
+        names: dict[str, str] = {}
+        for c in rows:
+            if is_group(c.peer) and c.peer not in names:
+                state = await self._store.get_group(c.peer)
+                names[c.peer] = "" if state is None else state.name
+        return names
+
     async def history(
         self, session: Session, peer: str, before: int | None, limit: int
     ) -> tuple[list[tuple[int, bytes]], int | None]:
-        """A page of the conversation, newest first, and the cursor of the next page."""
-        if not valid_username(peer):
+        """A page of the conversation (with a user, or a group's as `user` saw it), newest
+        first, and the cursor of the next page."""
+        group = is_group(peer)
+        if group and not valid_group_id(peer):
+            raise unknown_group(peer)
+        if not group and not valid_username(peer):
             raise unknown_user(peer)
         if before is not None and before < 1:
             raise bad_request("before must be a positive seq.")
@@ -207,7 +298,9 @@ class Delivery:
             rows = await self._recent.first_page(session.username, peer, limit)
         if rows is None:
             rows = await self._store.history(session.username, peer, before, limit + 1)
-        if not rows and await self._store.get_user(peer) is None:
+        if not rows and group:
+            await self.member_group(session.username, peer)  # never a member: 404
+        elif not rows and await self._store.get_user(peer) is None:
             raise unknown_user(peer)
         page = rows[:limit]
         return page, (page[-1][0] if len(rows) > limit else None)

@@ -10,8 +10,9 @@ import time
 from typing import Protocol
 
 from courier.domain.errors import too_many_connections
+from courier.domain.events import with_seq
 from courier.metrics import Metrics
-from courier.ports import EVENT, RESYNC, REVOKE, Broker, Envelope
+from courier.ports import EVENT, GROUP, RESYNC, REVOKE, Broker, Envelope
 
 
 class Subscriber(Protocol):
@@ -63,6 +64,9 @@ class Registry:
         return [s for subs in self._by_user.values() for s in subs]
 
     def dispatch(self, env: Envelope) -> None:
+        if env.kind == GROUP:
+            self._dispatch_group(env)
+            return
         if env.kind == RESYNC:
             for sub in self.subscribers():
                 sub.deliver(env)
@@ -79,3 +83,16 @@ class Registry:
             self._metrics.send_to_push.observe(max(time.time() - env.t0, 0.0))
         for sub in tuple(subs):
             sub.deliver(env)
+
+    def _dispatch_group(self, env: Envelope) -> None:
+        """One envelope for a whole group: each member held here gets its own event (its
+        seq spliced before the shared tail), built only for members with connections."""
+        if env.t0:
+            self._metrics.send_to_push.observe(max(time.time() - env.t0, 0.0))
+        by_user, tail, skip = self._by_user, env.data, env.skip
+        for user, seq in zip(env.members, env.seqs, strict=True):
+            subs = by_user.get(user)
+            if subs:
+                event = Envelope(user, EVENT, seq, with_seq(seq, tail), skip)
+                for sub in tuple(subs):
+                    sub.deliver(event)

@@ -23,13 +23,19 @@ async def _secure_headers(request: web.Request, response: web.StreamResponse) ->
     response.headers.update(SECURITY_HEADERS)
 
 
-def build_app(api: HttpApi, ws: WsEndpoint, request_max_bytes: int) -> web.Application:
+def build_app(
+    api: HttpApi,
+    ws: WsEndpoint,
+    request_max_bytes: int,
+    extra: list[web.RouteDef] | None = None,
+) -> web.Application:
     app = web.Application(
         middlewares=[guard_middleware(), error_middleware(api.metrics)],
         client_max_size=request_max_bytes,
     )
     app.on_response_prepare.append(_secure_headers)
     app.add_routes(api.routes())
+    app.add_routes(extra or [])
     app.router.add_get("/v1/ws", AiohttpWs(ws).handle)
     limits = Limits(
         body_max_chars=api.delivery.body_max_chars,

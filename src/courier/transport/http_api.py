@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from courier.domain.errors import CourierError, bad_request, unauthorized
+from courier.domain.groups import is_group
 from courier.domain.ops import Conversation
 from courier.metrics import Metrics
 from courier.service.accounts import Accounts, Session
@@ -117,9 +118,17 @@ def events_body(rows: list[tuple[int, bytes]], last_seq: int, more: bool) -> byt
     return b'{"events":[' + events + b'],"last_seq":%d,"more":%s}' % (last_seq, tail)
 
 
-def conversations_body(rows: list[Conversation]) -> bytes:
+def conversations_body(rows: list[Conversation], names: Mapping[str, str]) -> bytes:
+    """A peer's conversation names the peer; a group's names the group and its name."""
     items = [
-        b'{"peer":' + _enc(c.peer) + b',"last":' + c.last + b',"unread":%d}' % c.unread
+        (
+            b'{"group":' + _enc(c.peer) + b',"name":' + _enc(names.get(c.peer, ""))
+            if is_group(c.peer)
+            else b'{"peer":' + _enc(c.peer)
+        )
+        + b',"last":'
+        + c.last
+        + b',"unread":%d}' % c.unread
         for c in rows
     ]
     return b'{"conversations":[' + b",".join(items) + b"]}"
@@ -210,7 +219,9 @@ class HttpApi:
     async def send(self, request: web.Request) -> web.Response:
         session = await self.session(request)
         body = await self.decode(request, wire.SendBody)
-        result = await self.delivery.send(session, body.to, body.body, body.client_id)
+        result = await self.delivery.send(
+            session, body.to, body.body, body.client_id, group=body.group
+        )
         answer = {
             "id": result.id,
             "seq": result.seq,
@@ -252,13 +263,14 @@ class HttpApi:
     async def read(self, request: web.Request) -> web.Response:
         session = await self.session(request)
         body = await self.decode(request, wire.ReadBody)
-        await self.delivery.read(session, body.peer, body.seq)
+        await self.delivery.read(session, body.peer, body.seq, body.group)
         return web.Response(status=204)
 
     async def conversations(self, request: web.Request) -> web.Response:
         session = await self.session(request)
         limit = limit_param(request, HISTORY_LIMIT_DEFAULT)
-        return raw_json(conversations_body(await self.delivery.conversations(session, limit)))
+        rows = await self.delivery.conversations(session, limit)
+        return raw_json(conversations_body(rows, await self.delivery.group_names(rows)))
 
     async def history(self, request: web.Request) -> web.Response:
         session = await self.session(request)

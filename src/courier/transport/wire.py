@@ -37,10 +37,30 @@ class LoginBody(msgspec.Struct):
     password: Annotated[str, msgspec.Meta(max_length=256)]
 
 
+GroupId = Annotated[str, msgspec.Meta(max_length=64)]  # checked by the service (404)
+GroupName = str  # 1..64 code points, checked by the service
+MembersList = Annotated[list[AnyName], msgspec.Meta(max_length=100_000)]
+
+
 class SendBody(msgspec.Struct):
-    to: AnyName
     body: Body
     client_id: ClientId
+    to: AnyName | None = None
+    group: GroupId | None = None
+
+
+class CreateGroupBody(msgspec.Struct):
+    name: GroupName
+    members: MembersList = msgspec.field(default_factory=list)
+
+
+class RenameGroupBody(msgspec.Struct):
+    name: GroupName
+
+
+class AddMemberBody(msgspec.Struct):
+    username: AnyName
+    role: Annotated[str, msgspec.Meta(max_length=16)] = "member"
 
 
 class AckBody(msgspec.Struct):
@@ -51,8 +71,9 @@ class AckBody(msgspec.Struct):
 
 
 class ReadBody(msgspec.Struct):
-    peer: AnyName
     seq: Seq
+    peer: AnyName | None = None
+    group: GroupId | None = None
 
     def __post_init__(self) -> None:
         self.seq = whole(self.seq, "seq")
@@ -69,9 +90,10 @@ class AuthFrame(msgspec.Struct, tag="auth", tag_field="type"):
 
 
 class SendFrame(msgspec.Struct, tag="send", tag_field="type"):
-    to: AnyName
     body: Body
     client_id: ClientId
+    to: AnyName | None = None
+    group: GroupId | None = None
 
 
 class AckFrame(msgspec.Struct, tag="ack", tag_field="type"):
@@ -82,8 +104,9 @@ class AckFrame(msgspec.Struct, tag="ack", tag_field="type"):
 
 
 class ReadFrame(msgspec.Struct, tag="read", tag_field="type"):
-    peer: AnyName
     seq: Seq
+    peer: AnyName | None = None
+    group: GroupId | None = None
 
     def __post_init__(self) -> None:
         self.seq = whole(self.seq, "seq")
@@ -98,7 +121,8 @@ class SyncFrame(msgspec.Struct, tag="sync", tag_field="type"):
 
 
 class TypingFrame(msgspec.Struct, tag="typing", tag_field="type"):
-    to: AnyName
+    to: AnyName | None = None
+    group: GroupId | None = None
 
 
 class PingFrame(msgspec.Struct, tag="ping", tag_field="type"):

@@ -305,7 +305,12 @@ class Connection:
             return
         try:
             answer = self._endpoint.delivery.send(
-                self.session, frame.to, frame.body, frame.client_id, skip=self.conn_id
+                self.session,
+                frame.to,
+                frame.body,
+                frame.client_id,
+                skip=self.conn_id,
+                group=frame.group,
             )
         except CourierError as exc:
             self.queue(error_frame(exc.code, exc.message, frame.client_id))
@@ -333,9 +338,9 @@ class Connection:
             if isinstance(frame, wire.AckFrame):
                 await delivery.ack(self.session, frame.seq)
             elif isinstance(frame, wire.ReadFrame):
-                await delivery.read(self.session, frame.peer, frame.seq)
+                await delivery.read(self.session, frame.peer, frame.seq, frame.group)
             elif isinstance(frame, wire.TypingFrame):
-                await delivery.typing(self.session, frame.to)
+                await delivery.typing(self.session, frame.to, frame.group)
             elif isinstance(frame, wire.SyncFrame):
                 await self._sync(frame)
         except CourierError as exc:

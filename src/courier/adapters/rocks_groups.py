@@ -1,0 +1,218 @@
+"""Group operations of one RocksDB group commit (mixed into rocks_batch.Batch).
+
+A group message is written once, to the group's log; each member's timeline gets a
+reference of a few bytes (kind, the message's place in the log, the group), and the
+member's conversation entry, so resync, history and unread counts work as in 1:1. The log
+entry and every reference are in the one WriteBatch of the commit: all members or none.
+Membership is read under the same single writer, so a send and a removal are ordered.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from courier.adapters import rocks_keys as K
+from courier.domain import groups as G
+from courier.domain.errors import CourierError, unknown_user
+from courier.domain.events import message_tail, with_seq
+from courier.domain.names import valid_username
+from courier.domain.ops import (
+    AppendGroupMessage,
+    ChangeGroup,
+    CreateGroup,
+    GroupFanout,
+    GroupResult,
+    Published,
+    SendResult,
+)
+
+if TYPE_CHECKING:
+    from rocksdict import Rdict, WriteBatch
+
+_GONE = object()
+_state_decoder = msgspec.msgpack.Decoder(G.GroupState)
+
+
+class GroupCache:
+    """Decoded group states, shared by the writer's batches (the writer is the only
+    mutator, so a cached state is current); bounded."""
+
+    def __init__(self, max_groups: int = 20_000) -> None:
+        self.states: dict[str, G.GroupState] = {}
+        self.max_groups = max_groups
+
+    def update(self, changed: dict[str, G.GroupState | None]) -> None:
+        if len(self.states) + len(changed) > self.max_groups:
+            self.states.clear()
+        for gid, state in changed.items():
+            if state is None:
+                self.states.pop(gid, None)
+            else:
+                self.states[gid] = state
+
+
+class GroupOps:
+    # Provided by Batch.
+    db: Rdict
+    wb: WriteBatch
+    group_cache: GroupCache
+    groups_changed: dict[str, G.GroupState | None]
+    _sent: dict[bytes, SendResult]
+    _gseqs: dict[str, int]
+
+    if TYPE_CHECKING:
+
+        def get(self, key: bytes) -> bytes | None: ...
+        def put(self, key: bytes, value: bytes) -> None: ...
+        def next_seq(self, user: str) -> int: ...
+        def user_exists(self, user: str) -> bool: ...
+        def _original_answer(self, sender: str, seq: int, client_id: str) -> SendResult: ...
+        def _touch_conversation(
+            self, owner: str, peer: str, seq: int, counterpart: int, *, incoming: bool
+        ) -> None: ...
+
+    def group_state(self, gid: str) -> G.GroupState | None:
+        state: Any = self.groups_changed.get(gid, _GONE)
+        if state is not _GONE:
+            return state  # type: ignore[no-any-return]
+        state = self.group_cache.states.get(gid)
+        if state is None:
+            raw = self.get(K.group_key(gid))
+            if raw is None:
+                return None
+            state = _state_decoder.decode(raw)
+            self.group_cache.states[gid] = state
+        return state  # type: ignore[no-any-return]
+
+    def _save_group(self, state: G.GroupState, old: G.GroupState | None) -> None:
+        self.groups_changed[state.id] = state
+        self.put(K.group_key(state.id), msgspec.msgpack.encode(state))
+        before = set() if old is None else set(old.usernames)
+        after = set(state.usernames)
+        for user in after - before:
+            self.wb.put(K.member_of_key(user, state.id), b"")
+        for user in before - after:
+            self.wb.delete(K.member_of_key(user, state.id))
+
+    def _next_gseq(self, gid: str) -> int:
+        gseq = self._gseqs.get(gid)
+        if gseq is None:
+            raw = self.get(K.gseq_key(gid))
+            gseq = K.unpack_u64(raw) if raw else 0
+        gseq += 1
+        self._gseqs[gid] = gseq
+        return gseq
+
+    def _announce(
+        self, state: G.GroupState, changes: list[G.Change], ts: int, name: str
+    ) -> tuple[Published, ...]:
+        """Membership events, whole, in the timeline of everyone concerned."""
+        out: list[Published] = []
+        for change in changes:
+            tail = message_tail(G.event_tail(state.id, name, change, ts))
+            for user in change.recipients:
+                seq = self.next_seq(user)
+                event = with_seq(seq, tail)
+                value = K.timeline_value(K.KIND_GROUP_EVENT, 0, state.id, event)
+                self.wb.put(K.timeline_key(user, seq), value)
+                self._touch_conversation(user, state.id, seq, 0, incoming=False)
+                out.append(Published(user, seq, event))
+        return tuple(out)
+
+    # ---- operations ---------------------------------------------------------------------
+    def create_group(self, op: CreateGroup) -> GroupResult:
+        if self.group_state(op.id) is not None:
+            raise CourierError("conflict", "A group with this id exists.", 409)
+        G.check_usernames(op.members)
+        for user in op.members:
+            if user != op.owner and not self.user_exists(user):
+                raise unknown_user(user)
+        state, change = G.new_group(op.id, op.name, op.owner, op.members, op.ts, op.max_members)
+        self._save_group(state, None)
+        return GroupResult(state, self._announce(state, [change], op.ts, state.name))
+
+    def change_group(self, op: ChangeGroup) -> GroupResult:
+        state = self.group_state(op.id)
+        if state is None:
+            raise G.unknown_group(op.id)
+        if op.kind == "rename":
+            new, changes = G.rename(state, op.by, op.name)
+        elif op.kind == "add":
+            if state.member(op.by) is None:
+                raise G.unknown_group(op.id)
+            if state.member(op.member) is None and (
+                not valid_username(op.member) or not self.user_exists(op.member)
+            ):
+                raise unknown_user(op.member)
+            new, changes = G.add_member(
+                state, op.by, op.member, G.check_role(op.role), op.max_members
+            )
+        else:
+            new, changes = G.remove_member(state, op.by, op.member)
+        if not changes:
+            return GroupResult(state)
+        if not new.members:
+            self.groups_changed[op.id] = None
+            self.wb.delete(K.group_key(op.id))
+            for user in state.usernames:
+                self.wb.delete(K.member_of_key(user, op.id))
+        else:
+            self._save_group(new, state)
+        published = self._announce(new, changes, op.ts, new.name)
+        return GroupResult(new if new.members else None, published)
+
+    def append_group_message(self, op: AppendGroupMessage) -> SendResult:
+        sender, gid = op.sender, op.group
+        dkey = K.dedupe_key(sender, sender, op.client_id)
+        earlier = self._sent.get(dkey)
+        if earlier is not None:
+            return SendResult(earlier.id, earlier.seq, earlier.ts, earlier.client_id, True)
+        raw_seq = self.get(dkey)
+        if raw_seq is not None:
+            return self._original_answer(sender, K.unpack_u64(raw_seq), op.client_id)
+        state = self.group_state(gid)
+        if state is None or state.member(sender) is None:
+            raise G.unknown_group(gid)
+        members = state.usernames
+        gseq = self._next_gseq(gid)
+        tail = message_tail(
+            G.GroupMessageEvent(
+                seq=0,
+                id=op.id,
+                from_=sender,
+                group=gid,
+                body=op.body,
+                ts=op.ts,
+                client_id=op.client_id,
+            )
+        )
+        # The one reference every member gets (the sender's says "outgoing"): a few bytes
+        # per member, whatever the body.
+        ref_in = K.timeline_value(K.KIND_GROUP_IN, gseq, gid, b"")
+        ref_out = K.timeline_value(K.KIND_GROUP_OUT, gseq, gid, b"")
+        seqs: list[int] = []
+        sseq = 0
+        put, timeline_key, touch = self.wb.put, K.timeline_key, self._touch_conversation
+        for user in members:
+            seq = self.next_seq(user)
+            seqs.append(seq)
+            if user == sender:
+                sseq = seq
+                put(timeline_key(user, seq), ref_out)
+                touch(user, gid, seq, gseq, incoming=False)
+            else:
+                put(timeline_key(user, seq), ref_in)
+                touch(user, gid, seq, gseq, incoming=True)
+        flags = K.LOG_RECEIPTS if len(members) <= G.RECEIPTS_MAX_MEMBERS else 0
+        self.wb.put(K.group_log_key(gid, gseq), K.log_value(flags, sseq, sender, tail))
+        self.put(dkey, K.pack_u64(sseq))
+        fanout = GroupFanout(gid, tail, members, tuple(seqs))
+        result = SendResult(op.id, sseq, op.ts, op.client_id, False, (), fanout)
+        self._sent[dkey] = result
+        return result
+
+    def finish_groups(self) -> None:
+        for gid, gseq in self._gseqs.items():
+            self.wb.put(K.gseq_key(gid), K.pack_u64(gseq))

@@ -32,6 +32,9 @@ async def remove(api: Api, by: User, gid: str, name: str) -> Reply:
     return await api.call("DELETE", f"/v1/groups/{gid}/members/{name}", user=by)
 
 
+GROUP_EVENT_FIELDS = ("seq", "type", "group", "action", "by", "member", "name", "role", "ts")
+
+
 def roles(group: dict[str, Any]) -> dict[str, str]:
     return {m["username"]: m["role"] for m in group["members"]}
 
@@ -91,7 +94,7 @@ async def test_a_group_message_lands_in_every_members_timeline_once(
         assert msg["group"] == gid and msg["from"] == bob.name and msg["body"] == "hello all"
         assert "to" not in msg
         assert set(msg) == {"seq", "type", "id", "from", "group", "body", "ts", "client_id"}
-    bob_copy = [e for e in await api.timeline(bob) if e["type"] == "message"][0]
+    bob_copy = next(e for e in await api.timeline(bob) if e["type"] == "message")
     assert bob_copy["seq"] == r.body["seq"]
 
 
@@ -226,7 +229,7 @@ async def test_receipts_per_member_and_read_markers(
 ) -> None:
     alice, bob, carol, gid = trio
     sent = await group_send(api, alice, gid, "read me", "a1")
-    bob_msg = [e for e in await api.timeline(bob) if e["type"] == "message"][0]
+    bob_msg = next(e for e in await api.timeline(bob) if e["type"] == "message")
     assert (
         await api.call("POST", "/v1/ack", user=bob, json_body={"seq": bob_msg["seq"]})
     ).status == 204

@@ -52,6 +52,10 @@ STATE_REFUSALS = {
     "POST /v1/messages": "A message needs a recipient other than its sender.",
     "POST /v1/ack": "is beyond the head of your timeline",
     "POST /v1/read": "is beyond the head of your timeline",
+    # A name of spaces only is valid JSON Schema (no pattern says "not only spaces" the same
+    # way in every regex dialect), refused by the rules.
+    "POST /v1/groups": "not only spaces",
+    "PATCH /v1/groups/{id}": "not only spaces",
 }
 
 # Schemathesis' defaults for each check, and what this API adds on purpose:
@@ -68,6 +72,15 @@ CONFIG: dict[str, Any] = {
         "negative_data_rejection": {"expected-statuses": [*NEGATIVE_STATUSES, "413"]},
     },
     "operations": [
+        {
+            # 404 right after the group was made is the member named, not the group:
+            # `unknown_user` (or `unknown_member`) for a name nobody has.
+            "include-name": [
+                "POST /v1/groups/{id}/members",
+                "DELETE /v1/groups/{id}/members/{username}",
+            ],
+            "checks": {"ensure_resource_availability": {"enabled": False}},
+        },
         {
             # Valid in shape, refused by state no schema can know: a send to oneself, a seq
             # beyond the head of the caller's own timeline (400 in the contract). Any other
@@ -229,6 +242,9 @@ def test_every_operation_keeps_to_the_description(case: schemathesis.Case, live:
 
 def test_linked_calls_keep_to_the_description(live: Live) -> None:
     served = schemathesis.openapi.from_url(live.url + "/openapi.json", config=config())
+    # Groups' links would take most steps of the walk away from the chains checked below;
+    # their operations are checked one by one above, and their flows in tests/e2e.
+    served = served.exclude(path_regex="^/v1/groups")
     served.auth(refresh_interval=None)(Credentials)
     failures: list[str] = []
     followed: Counter[str] = Counter()

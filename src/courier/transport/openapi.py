@@ -22,6 +22,7 @@ from courier.service.delivery import (
     HISTORY_LIMIT_MAX,
 )
 from courier.transport import wire
+from courier.transport.openapi_groups import group_components, group_paths
 from courier.transport.wire_seq import SEQ_MAX  # also the bound of a seq cursor in a query
 
 _REF = "#/components/schemas/{name}"
@@ -76,11 +77,18 @@ _WWW_AUTHENTICATE = _header("Always `Bearer`.", {"type": "string", "const": "Bea
 
 _EVENT = {
     "type": "object",
-    "description": "A timeline event: a message or a receipt.",
+    "description": "A timeline event: a message (to a peer or in a group), a receipt, or a"
+    " group's membership event. A client ignores a type it does not know.",
     "required": ["seq", "type"],
     "properties": {
         "seq": {"type": "integer", "minimum": 1},
-        "type": {"enum": ["message", "receipt"]},
+        "type": {"type": "string"},
+        "group": {"type": "string"},
+        "action": {"enum": ["created", "added", "removed", "left", "renamed", "role"]},
+        "by": {"type": "string"},
+        "member": {"type": ["string", "null"]},
+        "name": {"type": "string"},
+        "role": {"enum": ["owner", "admin", "member", None]},
         "id": {"type": "string"},
         "from": {"type": "string"},
         "to": {"type": "string"},
@@ -176,12 +184,16 @@ _CONVERSATIONS = {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["peer", "last", "unread"],
+                "description": "A conversation with a peer, or a group's (`group`, `name`).",
+                "required": ["last", "unread"],
                 "properties": {
                     "peer": {"type": "string"},
+                    "group": {"type": "string"},
+                    "name": {"type": "string"},
                     "last": _ref("Event"),
                     "unread": {"type": "integer", "minimum": 0},
                 },
+                "oneOf": [{"required": ["peer"]}, {"required": ["group", "name"]}],
             },
         }
     },
@@ -280,8 +292,21 @@ def _components(limits: Limits) -> dict[str, Any]:
     components["SendBody"]["properties"]["body"].update(
         minLength=1, maxLength=limits.body_max_chars
     )
+    _exactly_one(components["SendBody"], "to", "group")
+    _exactly_one(components["ReadBody"], "peer", "group")
     components.update({"Event": _EVENT, "Error": _ERROR, "Sent": _SENT, "Session": _SESSION})
+    components.update(group_components())
     return components
+
+
+def _exactly_one(schema: dict[str, Any], a: str, b: str) -> None:
+    """A body naming exactly one of two fields (a peer or a group), each a plain string."""
+    for name in (a, b):
+        schema["properties"][name] = {"type": "string", "maxLength": 64}
+    schema["oneOf"] = [
+        {"required": [a], "not": {"required": [b]}},
+        {"required": [b], "not": {"required": [a]}},
+    ]
 
 
 def _ws_headers() -> list[dict[str, Any]]:
@@ -693,7 +718,7 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
             ' `{"error": {"code", "message"}}`, also for malformed HTTP (400, 413, 431) and'
             " for a request head that does not arrive in time (408).",
         },
-        "paths": paths,
+        "paths": {**paths, **group_paths(secured, limit_history)},
         "components": {
             "schemas": _components(limits),
             "responses": _shared(limits),

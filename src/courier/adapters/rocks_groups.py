@@ -42,15 +42,42 @@ class GroupCache:
     def __init__(self, max_groups: int = 20_000) -> None:
         self.states: dict[str, G.GroupState] = {}
         self.max_groups = max_groups
+        # Per group, each member's key prefixes, built once per membership (the fan-out
+        # loop then only appends a seq).
+        self._prefixes: dict[str, tuple[G.GroupState, list[_MemberKeys]]] = {}
 
     def update(self, changed: dict[str, G.GroupState | None]) -> None:
         if len(self.states) + len(changed) > self.max_groups:
             self.states.clear()
+            self._prefixes.clear()
         for gid, state in changed.items():
+            self._prefixes.pop(gid, None)
             if state is None:
                 self.states.pop(gid, None)
             else:
                 self.states[gid] = state
+
+    def member_keys(self, state: G.GroupState) -> list[_MemberKeys]:
+        cached = self._prefixes.get(state.id)
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        if len(self._prefixes) >= self.max_groups:
+            self._prefixes.clear()
+        keys = [
+            (
+                m.username,
+                K.timeline_prefix(m.username),
+                K.conv_prefix(m.username, state.id),
+                (m.username, state.id),
+            )
+            for m in state.members
+        ]
+        self._prefixes[state.id] = (state, keys)
+        return keys
+
+
+# (member, timeline key prefix, conversation key prefix, conversation meta's key)
+_MemberKeys = tuple[str, bytes, bytes, tuple[str, str]]
 
 
 class GroupOps:
@@ -61,6 +88,7 @@ class GroupOps:
     groups_changed: dict[str, G.GroupState | None]
     _sent: dict[bytes, SendResult]
     _gseqs: dict[str, int]
+    _metas: dict[tuple[str, str], list[int]]
 
     if TYPE_CHECKING:
 
@@ -69,6 +97,7 @@ class GroupOps:
         def next_seq(self, user: str) -> int: ...
         def user_exists(self, user: str) -> bool: ...
         def _original_answer(self, sender: str, seq: int, client_id: str) -> SendResult: ...
+        def meta(self, owner: str, peer: str) -> list[int] | None: ...
         def _touch_conversation(
             self, owner: str, peer: str, seq: int, counterpart: int, *, incoming: bool
         ) -> None: ...
@@ -192,19 +221,28 @@ class GroupOps:
         # per member, whatever the body.
         ref_in = K.timeline_value(K.KIND_GROUP_IN, gseq, gid, b"")
         ref_out = K.timeline_value(K.KIND_GROUP_OUT, gseq, gid, b"")
+        # The hot loop: per member, a seq, two puts and the conversation meta's running
+        # values, with every key prefix built once per membership.
         seqs: list[int] = []
         sseq = 0
-        put, timeline_key, touch = self.wb.put, K.timeline_key, self._touch_conversation
-        for user in members:
-            seq = self.next_seq(user)
+        put, pack, next_seq, meta_of = self.wb.put, K.pack_u64, self.next_seq, self.meta
+        metas, pack_conv = self._metas, K.pack_conv
+        for user, tprefix, cprefix, mkey in self.group_cache.member_keys(state):
+            seq = next_seq(user)
             seqs.append(seq)
+            packed = pack(seq)
+            meta = metas.get(mkey) or meta_of(*mkey)
+            if meta is None:
+                meta = metas[mkey] = [0, 0, 0, 0, 0, 0]
             if user == sender:
                 sseq = seq
-                put(timeline_key(user, seq), ref_out)
-                touch(user, gid, seq, gseq, incoming=False)
+                put(tprefix + packed, ref_out)
             else:
-                put(timeline_key(user, seq), ref_in)
-                touch(user, gid, seq, gseq, incoming=True)
+                put(tprefix + packed, ref_in)
+                meta[1] += 1
+                meta[4] = gseq
+            meta[0] = seq
+            put(cprefix + packed, pack_conv(meta[1], meta[4]))
         flags = K.LOG_RECEIPTS if len(members) <= G.RECEIPTS_MAX_MEMBERS else 0
         self.wb.put(K.group_log_key(gid, gseq), K.log_value(flags, sseq, sender, tail))
         self.put(dkey, K.pack_u64(sseq))

@@ -15,7 +15,9 @@ from rocksdict import Rdict, WriteBatch
 
 from courier.adapters import rocks_keys as K
 from courier.adapters.rocks_groups import GroupCache, GroupOps
-from courier.adapters.rocks_refs import log_entries, resolve
+from courier.adapters.rocks_lines import Line, Lines
+from courier.adapters.rocks_timeline import entry_at, log_authors, read_head, run_ranges
+from courier.adapters.rocks_timeline import run_end as run_end_committed
 from courier.domain.errors import CourierError, bad_request, unknown_user
 from courier.domain.events import (
     MessageEvent,
@@ -53,17 +55,23 @@ READ_SCAN_MAX = 1000  # conversation entries a group read marker looks at for re
 
 class Batch(GroupOps):
     def __init__(
-        self, db: Rdict, known_users: set[str], group_cache: GroupCache | None = None
+        self,
+        db: Rdict,
+        known_users: set[str],
+        group_cache: GroupCache | None = None,
+        lines: Lines | None = None,
     ) -> None:
         self.db = db
         self.group_cache = group_cache if group_cache is not None else GroupCache()
         self.groups_changed: dict[str, Any] = {}
         self._gseqs: dict[str, int] = {}
+        self._gseqs_dirty: set[str] = set()
         self.wb = WriteBatch(raw_mode=True)
         self.known_users = known_users
         self.new_users: list[str] = []
         self._kv: dict[bytes, bytes | None] = {}
-        self._heads: dict[str, int] = {}
+        self.lines = lines if lines is not None else Lines()
+        self._dirty: set[str] = set()
         self._committed_heads: dict[str, int] = {}
         # (owner, peer) -> [last_seq, in_total, read_seq, read_ordinal, last_in_cp, orig_last]
         self._metas: dict[tuple[str, str], list[int]] = {}
@@ -127,20 +135,52 @@ class Batch(GroupOps):
         self.wb.delete(key)
 
     def committed_head(self, user: str) -> int:
+        """The head as committed before this batch (what readers may already have seen)."""
         head = self._committed_heads.get(user)
         if head is None:
             raw = self._read(K.head_key(user))
-            head = K.unpack_u64(raw) if raw else 0
+            head = 0
+            if raw:
+                before, gstart, gid = K.unpack_head(raw)
+                head = before
+                if gid:
+                    q = self._read(K.gseq_key(gid))
+                    head = before + (K.unpack_u64(q) if q else gstart) - gstart + 1
             self._committed_heads[user] = head
         return head
 
+    def line(self, user: str) -> Line:
+        line = self.lines.lines.get(user)
+        if line is None:
+            line = self.lines.line(self.db, user, self._read(K.head_key(user)), known=True)
+        return line
+
+    def head(self, user: str) -> int:
+        line = self.line(user)
+        if not line.gid:
+            return line.before
+        return line.before + self.gseq(line.gid) - line.gstart + 1
+
     def next_seq(self, user: str) -> int:
-        seq = self._heads.get(user)
-        if seq is None:
-            seq = self.committed_head(user)
-        seq += 1
-        self._heads[user] = seq
-        return seq
+        """The seq of an entry appended to `user`'s timeline now (its open run, if any,
+        ends here)."""
+        line = self.line(user)
+        if line.gid:
+            self.close_run(user, line)
+        line.before += 1
+        self._dirty.add(user)
+        return line.before
+
+    def close_run(self, user: str, line: Line) -> None:
+        head = line.before + self.gseq(line.gid) - line.gstart + 1
+        meta = self.meta(user, line.gid)
+        if meta is not None:
+            meta[1] += head - line.before  # the group's messages in closed runs
+        on = self.lines.open_on.get(line.gid)
+        if on is not None:
+            on.pop(user, None)
+        line.before, line.gstart, line.gid = head, 0, ""
+        self._dirty.add(user)
 
     def user_exists(self, user: str) -> bool:
         if user in self.known_users:
@@ -166,8 +206,9 @@ class Batch(GroupOps):
     def finish(self) -> None:
         """Write the values kept in the overlays once per batch, not once per operation."""
         self.finish_groups()
-        for user, seq in self._heads.items():
-            self.wb.put(K.head_key(user), K.pack_u64(seq))
+        lines = self.lines.lines
+        for user in self._dirty:
+            self.wb.put(K.head_key(user), lines[user].packed())
         for (owner, peer), meta in self._metas.items():
             if meta[0] == 0:  # dropped by retention
                 self.wb.delete(K.meta_key(owner, peer))
@@ -270,8 +311,7 @@ class Batch(GroupOps):
         return result
 
     def _original_answer(self, sender: str, seq: int, client_id: str) -> SendResult:
-        raw = self.db.get(K.timeline_key(sender, seq))
-        event = None if raw is None else resolve(self.db, seq, raw)
+        event = entry_at(self.db, sender, seq)
         if event is None:
             raise CourierError("store_inconsistent", "The original message is gone.", 500)
         ev = peek(event)
@@ -308,47 +348,59 @@ class Batch(GroupOps):
         seq = min(op.seq, self.committed_head(op.user))
         meta = self.meta(op.user, op.peer)
         if meta is None:
-            return 0
+            return () if is_group(op.peer) else 0
+        if is_group(op.peer):
+            return self._mark_group_read(op.user, op.peer, seq, meta)
         prefix = K.conv_prefix(op.user, op.peer)
         it = self.db.iter()
         it.seek_for_prev(prefix + K.pack_u64(seq))
         if not it.valid() or not it.key().startswith(prefix):
             return 0
         ordinal, counterpart = K.unpack_conv(it.value())
-        before = meta[2]
         if seq > meta[2]:
             meta[2], meta[3] = seq, ordinal
-        if is_group(op.peer):
-            return self._group_read_receipts(op.user, op.peer, before, seq)
         # Answered even when the marker did not move, so a receipt lost to a crash after
         # this commit is produced by the client's next read (receipts are max-registers).
         return counterpart
 
-    def _group_read_receipts(
-        self, user: str, gid: str, before: int, seq: int
+    def _mark_group_read(
+        self, user: str, gid: str, seq: int, meta: list[int]
     ) -> tuple[tuple[str, int], ...]:
-        """(author, author's seq) of the newest message of each author in the range newly
-        read (or, when nothing moved, the last few: a receipt lost to a crash comes again)."""
+        """Moves the marker to `seq` (incoming messages read: the group's messages up to it
+        less the user's own), and answers (author, author's seq) of the newest message of
+        each author newly read (or, when nothing moved, of the last few: a receipt lost to a
+        crash comes again). Reads committed entries only: `seq` is clamped to them."""
         prefix = K.conv_prefix(user, gid)
         it = self.db.iter()
         it.seek_for_prev(prefix + K.pack_u64(seq))
-        gseqs: list[int] = []
-        floor = before if seq > before else 0
-        budget = READ_SCAN_MAX if seq > before else 50
-        while it.valid() and len(gseqs) < budget:
-            key = it.key()
-            if not key.startswith(prefix) or K.seq_of(key) <= floor:
-                break
-            gseq = K.unpack_conv(it.value())[1]
-            if gseq:
-                gseqs.append(gseq)
-            it.prev()
+        if not it.valid() or not it.key().startswith(prefix):
+            return ()
+        at = K.seq_of(it.key())
+        messages, gstart = K.unpack_conv(it.value())
+        head = read_head(self.db, user)
+        if gstart:  # inside (or past the end of) a run starting at `at`
+            end = run_end_committed(self.db, user, at, head)
+            messages += min(seq, end) - at + 1
+        own = 0
+        oprefix = K.own_prefix(user, gid)
+        it.seek_for_prev(oprefix + K.pack_u64(seq))
+        if it.valid() and it.key().startswith(oprefix):
+            own = K.unpack_u64(it.value())
+        before = meta[2]
+        if seq > before:
+            meta[2], meta[3] = seq, messages - own
+        lo = before + 1 if seq > before else max(seq - 50, 1)
         newest: dict[str, int] = {}
-        for entry in log_entries(self.db, [(gid, q) for q in gseqs]):
-            if entry is None or not entry[0] & K.LOG_RECEIPTS or entry[2] == user:
+        budget = READ_SCAN_MAX
+        for group, first, last in reversed(run_ranges(self.db, user, lo, seq, head)):
+            if group != gid:
                 continue
-            if entry[1] > newest.get(entry[2], 0):
-                newest[entry[2]] = entry[1]
+            for flags, author_seq, author in log_authors(self.db, gid, first, last, budget):
+                budget -= 1
+                if flags & K.LOG_RECEIPTS and author != user:
+                    newest[author] = max(newest.get(author, 0), author_seq)
+            if budget <= 0:
+                break
         return tuple(newest.items())
 
     def append_receipt(self, op: AppendReceipt) -> Published | None:
@@ -410,8 +462,12 @@ class Batch(GroupOps):
             if not key.startswith(prefix):
                 break
             kind, _cp, peer, event = K.parse_timeline_value(it.value())
-            if kind in K.GROUP_REFS:
-                event = resolve(self.db, K.seq_of(key), it.value()) or b'{"seq":0,"type":""}'
+            if kind == K.KIND_GROUP_RUN:
+                swept = self._sweep_run(user, it, cutoff_ts)
+                if swept is None:
+                    break
+                dropped += swept
+                continue
             ev = peek(event)
             if ev.ts >= cutoff_ts:
                 break
@@ -422,11 +478,46 @@ class Batch(GroupOps):
                 meta = self.meta(user, peer)
                 if meta is not None and meta[0] == seq:
                     meta[0] = 0  # the newest message of the conversation is gone
-                if kind in (K.KIND_OUT, K.KIND_GROUP_OUT) and ev.client_id:
+                if kind == K.KIND_OUT and ev.client_id:
                     self.delete(K.dedupe_key(user, user, ev.client_id))
             dropped += 1
             it.next()
         return dropped + self._sweep_group_logs(user, cutoff_ts)
+
+    def _sweep_run(self, user: str, it: Any, cutoff_ts: int) -> int | None:
+        """Drops the run at the iterator when its newest message is older than the cutoff
+        (with the user's own messages' dedupe keys); None when it stays, which ends the
+        sweep of this user. An open run (the newest entry) always stays. The iterator moves
+        to the next entry."""
+        key, value = it.key(), it.value()
+        start = K.seq_of(key)
+        _kind, gstart, gid, _event = K.parse_timeline_value(value)
+        it.next()
+        prefix = K.timeline_prefix(user)
+        if not it.valid() or not it.key().startswith(prefix):
+            return None
+        end = K.seq_of(it.key()) - 1
+        last = self.db.get(K.group_log_key(gid, gstart + end - start))
+        if last is not None and peek(b'{"seq":0' + K.parse_log_value(last)[3]).ts >= cutoff_ts:
+            return None
+        self.wb.delete(key)
+        self.wb.delete(K.conv_key(user, gid, start))
+        meta = self.meta(user, gid)
+        if meta is not None and meta[0] == start:
+            meta[0] = 0
+        logs = self.db.iter()
+        log_prefix = K.group_log_prefix(gid)
+        logs.seek(K.group_log_key(gid, gstart))
+        while logs.valid() and logs.key().startswith(log_prefix):
+            gseq = K.seq_of(logs.key())
+            if gseq > gstart + end - start:
+                break
+            _flags, _aseq, author, tail = K.parse_log_value(logs.value())
+            if author == user:
+                self.delete(K.dedupe_key(user, user, peek(b'{"seq":0' + tail).client_id))
+                self.wb.delete(K.own_key(user, gid, start + gseq - gstart))
+            logs.next()
+        return end - start + 1
 
     def _sweep_group_logs(self, user: str, cutoff_ts: int) -> int:
         """The old entries of the logs of `user`'s groups (every member's references to
@@ -443,10 +534,14 @@ class Batch(GroupOps):
             lit = self.db.iter()
             lit.seek(log_prefix)
             while lit.valid() and lit.key().startswith(log_prefix):
-                tail = K.parse_log_value(lit.value())[3]
-                if peek(b'{"seq":0' + tail).ts >= cutoff_ts:
+                _flags, _aseq, author, tail = K.parse_log_value(lit.value())
+                ev = peek(b'{"seq":0' + tail)
+                if ev.ts >= cutoff_ts:
                     break
                 self.wb.delete(lit.key())
+                # A retry of a message this old is a new message (as in 1:1), also while
+                # the author's run holding it is still open.
+                self.delete(K.dedupe_key(author, author, ev.client_id))
                 lit.next()
         return 0
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from courier.adapters import rocks_keys as K
+from courier.adapters.rocks_lines import Line, Lines
 from courier.domain import groups as G
 from courier.domain.errors import CourierError, unknown_user
 from courier.domain.events import message_tail, with_seq
@@ -88,6 +89,9 @@ class GroupOps:
     groups_changed: dict[str, G.GroupState | None]
     _sent: dict[bytes, SendResult]
     _gseqs: dict[str, int]
+    _gseqs_dirty: set[str]
+    _dirty: set[str]
+    lines: Lines
     _metas: dict[tuple[str, str], list[int]]
 
     if TYPE_CHECKING:
@@ -95,6 +99,8 @@ class GroupOps:
         def get(self, key: bytes) -> bytes | None: ...
         def put(self, key: bytes, value: bytes) -> None: ...
         def next_seq(self, user: str) -> int: ...
+        def line(self, user: str) -> Line: ...
+        def close_run(self, user: str, line: Line) -> None: ...
         def user_exists(self, user: str) -> bool: ...
         def _original_answer(self, sender: str, seq: int, client_id: str) -> SendResult: ...
         def meta(self, owner: str, peer: str) -> list[int] | None: ...
@@ -125,13 +131,17 @@ class GroupOps:
         for user in before - after:
             self.wb.delete(K.member_of_key(user, state.id))
 
-    def _next_gseq(self, gid: str) -> int:
+    def gseq(self, gid: str) -> int:
+        """The group's newest log entry, this batch's included."""
         gseq = self._gseqs.get(gid)
         if gseq is None:
             raw = self.get(K.gseq_key(gid))
-            gseq = K.unpack_u64(raw) if raw else 0
-        gseq += 1
-        self._gseqs[gid] = gseq
+            gseq = self._gseqs[gid] = K.unpack_u64(raw) if raw else 0
+        return gseq
+
+    def _next_gseq(self, gid: str) -> int:
+        gseq = self._gseqs[gid] = self.gseq(gid) + 1
+        self._gseqs_dirty.add(gid)
         return gseq
 
     def _announce(
@@ -146,7 +156,12 @@ class GroupOps:
                 event = with_seq(seq, tail)
                 value = K.timeline_value(K.KIND_GROUP_EVENT, 0, state.id, event)
                 self.wb.put(K.timeline_key(user, seq), value)
-                self._touch_conversation(user, state.id, seq, 0, incoming=False)
+                meta = self.meta(user, state.id)
+                if meta is None:
+                    meta = self._metas[(user, state.id)] = [0, 0, 0, 0, 0, 0]
+                meta[0] = seq
+                # (the group's messages before it, 0: an event, not a run)
+                self.wb.put(K.conv_key(user, state.id, seq), K.pack_conv(meta[1], 0))
                 out.append(Published(user, seq, event))
         return tuple(out)
 
@@ -205,6 +220,7 @@ class GroupOps:
         if state is None or state.member(sender) is None:
             raise G.unknown_group(gid)
         members = state.usernames
+        on = self.lines.load_group(self.db, gid, members)
         gseq = self._next_gseq(gid)
         tail = message_tail(
             G.GroupMessageEvent(
@@ -217,32 +233,15 @@ class GroupOps:
                 client_id=op.client_id,
             )
         )
-        # The one reference every member gets (the sender's says "outgoing"): a few bytes
-        # per member, whatever the body.
-        ref_in = K.timeline_value(K.KIND_GROUP_IN, gseq, gid, b"")
-        ref_out = K.timeline_value(K.KIND_GROUP_OUT, gseq, gid, b"")
-        # The hot loop: per member, a seq, two puts and the conversation meta's running
-        # values, with every key prefix built once per membership.
-        seqs: list[int] = []
-        sseq = 0
-        put, pack, next_seq, meta_of = self.wb.put, K.pack_u64, self.next_seq, self.meta
-        metas, pack_conv = self._metas, K.pack_conv
-        for user, tprefix, cprefix, mkey in self.group_cache.member_keys(state):
-            seq = next_seq(user)
-            seqs.append(seq)
-            packed = pack(seq)
-            meta = metas.get(mkey) or meta_of(*mkey)
-            if meta is None:
-                meta = metas[mkey] = [0, 0, 0, 0, 0, 0]
-            if user == sender:
-                sseq = seq
-                put(tprefix + packed, ref_out)
-            else:
-                put(tprefix + packed, ref_in)
-                meta[1] += 1
-                meta[4] = gseq
-            meta[0] = seq
-            put(cprefix + packed, pack_conv(meta[1], meta[4]))
+        if len(on) != len(members) or any(user not in on for user in members):
+            self._open_runs(state, on, gseq)
+        # Every member is on this group's run now: member seq = gseq + offset, no write.
+        seqs = [gseq + on[user] for user in members]
+        sseq = gseq + on[sender]
+        meta = self.meta(sender, gid)
+        assert meta is not None  # made when the sender's run opened
+        meta[4] += 1  # messages the sender sent to the group
+        self.wb.put(K.own_key(sender, gid, sseq), K.pack_u64(meta[4]))
         flags = K.LOG_RECEIPTS if len(members) <= G.RECEIPTS_MAX_MEMBERS else 0
         self.wb.put(K.group_log_key(gid, gseq), K.log_value(flags, sseq, sender, tail))
         self.put(dkey, K.pack_u64(sseq))
@@ -251,6 +250,29 @@ class GroupOps:
         self._sent[dkey] = result
         return result
 
+    def _open_runs(self, state: G.GroupState, on: dict[str, int], gseq: int) -> None:
+        """Members not on this group's run end theirs and open one here: a run entry in the
+        timeline and in the conversation index, and the conversation's recency."""
+        put, pack, pack_conv = self.wb.put, K.pack_u64, K.pack_conv
+        run = K.timeline_value(K.KIND_GROUP_RUN, gseq, state.id, b"")
+        for user, tprefix, cprefix, mkey in self.group_cache.member_keys(state):
+            if user in on:
+                continue
+            line = self.line(user)
+            if line.gid:
+                self.close_run(user, line)
+            start = line.before + 1
+            line.gid, line.gstart = state.id, gseq
+            self._dirty.add(user)
+            on[user] = start - gseq
+            meta = self.meta(*mkey)
+            if meta is None:
+                meta = self._metas[mkey] = [0, 0, 0, 0, 0, 0]
+            packed = pack(start)
+            put(tprefix + packed, run)
+            put(cprefix + packed, pack_conv(meta[1], gseq))  # messages before the run
+            meta[0] = start
+
     def finish_groups(self) -> None:
-        for gid, gseq in self._gseqs.items():
-            self.wb.put(K.gseq_key(gid), K.pack_u64(gseq))
+        for gid in self._gseqs_dirty:
+            self.wb.put(K.gseq_key(gid), K.pack_u64(self._gseqs[gid]))

@@ -57,6 +57,31 @@ def head_key(user: str) -> bytes:
     return b"h" + _u(user)
 
 
+# Head values: the seq of the newest entry, 8 bytes; or, while the user's newest entry is an
+# open run, the seq just before it, the run's first gseq and the group:
+# head = before + (the group's newest gseq - gstart + 1).
+def pack_head(before: int, gstart: int = 0, gid: str = "") -> bytes:
+    if not gid:
+        return _Q.pack(before)
+    return _Q.pack(before) + _Q.pack(gstart) + gid.encode()
+
+
+def unpack_head(raw: bytes) -> tuple[int, int, str]:
+    """(seq before the open run or the head, the run's first gseq, its group or "")."""
+    if len(raw) == 8:
+        return unpack_u64(raw), 0, ""
+    return unpack_u64(raw[:8]), unpack_u64(raw[8:16]), raw[16:].decode()
+
+
+def own_prefix(user: str, gid: str) -> bytes:
+    return b"o" + _u(user) + SEP + gid.encode() + SEP
+
+
+def own_key(user: str, gid: str, seq: int) -> bytes:
+    """A message `user` sent to the group, at its seq: how many they sent there so far."""
+    return own_prefix(user, gid) + _Q.pack(seq)
+
+
 def timeline_prefix(user: str) -> bytes:
     return b"t" + _u(user) + SEP
 
@@ -140,10 +165,12 @@ def seq_of(key: bytes) -> int:
 KIND_IN = 1  # incoming message; counterpart = seq of the sender's outgoing copy
 KIND_OUT = 2  # outgoing copy; counterpart = seq in the recipient's timeline
 KIND_RECEIPT = 3
-KIND_GROUP_IN = 4  # a group message from another member: counterpart = its gseq, peer = group
-KIND_GROUP_OUT = 5  # the sender's copy of a group message: the same reference
 KIND_GROUP_EVENT = 6  # a membership event (the whole event stored: they are rare)
-GROUP_REFS = (KIND_GROUP_IN, KIND_GROUP_OUT)
+# A run of one group's messages: the entry at seq s, counterpart = gstart, peer = the group,
+# stands for seqs s, s+1, ... holding the group's log entries gstart, gstart+1, ...; it ends
+# where the timeline's next entry begins, or, for the newest entry, at the head. A member's
+# open run grows with every message of its group and costs no write per message.
+KIND_GROUP_RUN = 7
 _HDR = struct.Struct(">BQB")
 
 

@@ -32,12 +32,13 @@ from rocksdict import (
 )
 
 from courier.adapters import rocks_keys as K
+from courier.adapters import rocks_timeline as T
 from courier.adapters.rocks_batch import Batch
 from courier.adapters.rocks_groups import GroupCache
-from courier.adapters.rocks_refs import log_entries, resolve_many
+from courier.adapters.rocks_lines import Lines
 from courier.adapters.rocks_wal import WalSync
 from courier.domain.errors import CourierError, store_unavailable
-from courier.domain.groups import GroupState
+from courier.domain.groups import GroupState, is_group
 from courier.domain.ops import (
     Conversation,
     SessionRecord,
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 _Item = tuple[WriteOp, "asyncio.Future[Any]"]
 MAX_OPEN_FILES = 512
 SESSIONS_SCAN_MAX = 1000  # session keys read per listing, whatever a user holds
+RECEIPT_SCAN_MAX = 5000  # group log entries an ack looks at for delivered receipts
 
 
 def _options(cache_mb: int) -> Options:
@@ -102,6 +104,7 @@ class RocksStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._known_users: set[str] = set()
         self._groups = GroupCache()  # the writer's, like _known_users
+        self._lines = Lines()  # the writer's: heads and open runs (rocks_lines)
         self._failed = False
         self._wal_broken = False
 
@@ -208,7 +211,8 @@ class RocksStore:
             self._loop.call_soon_threadsafe(_resolve, [fut for _op, fut in items], refused)
             return
         started = time.perf_counter()
-        batch = Batch(self.db, self._known_users, self._groups)
+        self._lines.trim()
+        batch = Batch(self.db, self._known_users, self._groups, self._lines)
         results: list[Any] = []
         try:
             batch.prefetch([op for op, _fut in items])
@@ -221,6 +225,7 @@ class RocksStore:
             wrote = len(batch.wb) > 0  # a batch of retries alone writes nothing to flush
             self.db.write(batch.wb, write_opts)
         except Exception:
+            self._lines.clear()  # the batch changed them and was not written
             if len(items) > 1:
                 # Isolate the operation that failed: each one again in a batch of its own.
                 log.exception(
@@ -243,6 +248,7 @@ class RocksStore:
                 # until it is reopened, as RocksDB does after a failed sync.
                 log.exception("flushing the write-ahead log failed; refusing writes")
                 self._failed = self._wal_broken = True
+                self._lines.clear()
                 results = [store_unavailable() for _ in items]
             else:
                 self._failed = False
@@ -306,25 +312,14 @@ class RocksStore:
         return None if raw is None else _session(session_id, token_hash, raw)
 
     async def head(self, user: str) -> int:
-        raw = self.db.get(K.head_key(user))
-        return K.unpack_u64(raw) if raw else 0
+        return T.read_head(self.db, user).seq
 
     async def ack_watermark(self, user: str) -> int:
         raw = self.db.get(K.ack_max_key(user))
         return K.unpack_u64(raw) if raw else 0
 
     async def events_after(self, user: str, after: int, limit: int) -> list[tuple[int, bytes]]:
-        prefix = K.timeline_prefix(user)
-        it = self.db.iter()
-        it.seek(prefix + K.pack_u64(after + 1))
-        out: list[tuple[int, bytes]] = []
-        while len(out) < limit and it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            out.append((K.seq_of(key), it.value()))
-            it.next()
-        return resolve_many(self.db, out)
+        return T.events_after(self.db, user, after, limit)
 
     async def incoming_summary(
         self, user: str, after: int, up_to: int
@@ -333,7 +328,7 @@ class RocksStore:
         it = self.db.iter()
         it.seek(prefix + K.pack_u64(after + 1))
         out: dict[tuple[str, str], int] = {}
-        refs: list[tuple[str, int]] = []
+        runs = False
         while it.valid():
             key = it.key()
             if not key.startswith(prefix) or K.seq_of(key) > up_to:
@@ -341,14 +336,19 @@ class RocksStore:
             kind, counterpart, peer, _event = K.parse_timeline_value(it.value())
             if kind == K.KIND_IN and counterpart > out.get((peer, ""), 0):
                 out[(peer, "")] = counterpart
-            elif kind == K.KIND_GROUP_IN:
-                refs.append((peer, counterpart))
+            runs = runs or kind == K.KIND_GROUP_RUN
             it.next()
-        for (gid, _gseq), entry in zip(refs, log_entries(self.db, refs), strict=True):
-            if entry is None or not entry[0] & K.LOG_RECEIPTS:
-                continue
-            if entry[1] > out.get((entry[2], gid), 0):
-                out[(entry[2], gid)] = entry[1]
+        head = T.read_head(self.db, user)
+        if runs or head.gid:  # group messages: their authors, newest first, bounded
+            budget = RECEIPT_SCAN_MAX
+            for gid, first, last in reversed(T.run_ranges(self.db, user, after + 1, up_to, head)):
+                for flags, author_seq, author in T.log_authors(self.db, gid, first, last, budget):
+                    budget -= 1
+                    better = author_seq > out.get((author, gid), 0)
+                    if flags & K.LOG_RECEIPTS and author != user and better:
+                        out[(author, gid)] = author_seq
+                if budget <= 0:
+                    break
         return out
 
     async def get_group(self, gid: str) -> GroupState | None:
@@ -385,42 +385,40 @@ class RocksStore:
         if not rows:
             return []
         metas = self._multi_get([K.meta_key(user, peer) for peer, _ in rows])
-        lasts = self._multi_get([K.timeline_key(user, seq) for _, seq in rows])
-        found = [
-            (peer, seq, meta_raw, last_raw)
-            for (peer, seq), meta_raw, last_raw in zip(rows, metas, lasts, strict=True)
-            if meta_raw is not None and last_raw is not None
-        ]
-        events = dict(resolve_many(self.db, [(seq, last) for _, seq, _, last in found]))
+        head: T.Head | None = None
         out: list[Conversation] = []
-        for peer, seq, meta_raw, _last in found:
-            if seq not in events:
+        for (peer, seq), meta_raw in zip(rows, metas, strict=True):
+            if meta_raw is None:
                 continue
             meta = K.unpack_meta(meta_raw)
-            out.append(Conversation(peer, seq, events[seq], max(meta[1] - meta[3], 0)))
+            if not is_group(peer):
+                last = T.entry_at(self.db, user, seq)
+                unread = meta[1] - meta[3]
+            else:
+                head = head or T.read_head(self.db, user)
+                last, unread = self._group_last(user, peer, seq, meta, head)
+            if last is not None:
+                out.append(Conversation(peer, seq, last, max(unread, 0)))
         return out
+
+    def _group_last(
+        self, user: str, gid: str, seq: int, meta: list[int], head: T.Head
+    ) -> tuple[bytes | None, int]:
+        """A group conversation's newest entry (its run's end when `seq` starts a run) and
+        its unread count: the group's messages in closed runs and in the open one, less the
+        user's own, less those read."""
+        raw = self.db.get(K.timeline_key(user, seq))
+        last_seq = seq
+        if raw is not None and raw[0] == K.KIND_GROUP_RUN:
+            last_seq = T.run_end(self.db, user, seq, head)
+        in_open = head.seq - head.start + 1 if head.gid == gid else 0
+        unread = meta[1] + in_open - meta[4] - meta[3]
+        return T.entry_at(self.db, user, last_seq), unread
 
     async def history(
         self, user: str, peer: str, before: int | None, limit: int
     ) -> list[tuple[int, bytes]]:
-        prefix = K.conv_prefix(user, peer)
-        it = self.db.iter()
-        start = before - 1 if before is not None else (1 << 64) - 1
-        if start < 1:
-            return []
-        it.seek_for_prev(prefix + K.pack_u64(start))
-        seqs: list[int] = []
-        while len(seqs) < limit and it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            seqs.append(K.seq_of(key))
-            it.prev()
-        if not seqs:
-            return []
-        values = self._multi_get([K.timeline_key(user, seq) for seq in seqs])
-        rows = [(seq, raw) for seq, raw in zip(seqs, values, strict=True) if raw is not None]
-        return resolve_many(self.db, rows)
+        return T.history(self.db, user, peer, before, limit)
 
 
 def _session(session_id: str, token_hash: bytes, raw: bytes) -> SessionRecord:

@@ -94,8 +94,8 @@ async def test_receipts_find_the_senders_seq_on_the_other_server(store: PgStore)
     await store.submit(AppendMessage(sender, other, "x", "o1", 1, "i0"))  # sender seq 1
     for i in (1, 2):
         await store.submit(AppendMessage(sender, recipient, f"m{i}", f"c{i}", 1, f"i{i}"))
-    assert await store.incoming_summary(recipient, 0, 2) == {sender: 3}
-    assert await store.incoming_summary(recipient, 0, 1) == {sender: 2}
+    assert await store.incoming_summary(recipient, 0, 2) == {(sender, ""): 3}
+    assert await store.incoming_summary(recipient, 0, 1) == {(sender, ""): 2}
     assert await store.submit(MarkRead(recipient, sender, 1)) == 2
     assert (await store.submit(AdvanceAck(recipient, "phone", 2))).after == 2
     # A recipient half whose sender half never came yields no receipt until it does.
@@ -104,7 +104,7 @@ async def test_receipts_find_the_senders_seq_on_the_other_server(store: PgStore)
     assert await store.incoming_summary(recipient, 2, 3) == {}
     assert await store.submit(MarkRead(recipient, sender, 3)) == 0
     await store.submit(op)
-    assert await store.incoming_summary(recipient, 2, 3) == {sender: 4}
+    assert await store.incoming_summary(recipient, 2, 3) == {(sender, ""): 4}
     assert await store.submit(MarkRead(recipient, sender, 3)) == 4
 
 

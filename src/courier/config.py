@@ -27,6 +27,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     typing_rate: float = 5.0
     typing_burst: int = 10
     group_max_members: int = 1000  # members of one group, its owner included
+    user_max_groups: int = 500  # groups one user may be in
     ws_send_buffer_max: int = 1024 * 1024  # bytes queued for one connection before it is cut
     ws_pending_sends_max: int = 1024  # sends of one connection waiting for the store
     ws_heartbeat: float = 30.0
@@ -137,6 +138,7 @@ def _check(s: Settings) -> None:
         "typing_rate",
         "typing_burst",
         "group_max_members",
+        "user_max_groups",
         "ws_send_buffer_max",
         "ws_pending_sends_max",
         "auth_timeout",

@@ -116,7 +116,12 @@ class Server:
             typing_burst=settings.typing_burst,
             cache=self.cache,
         )
-        self.groups = Groups(self.store, self.delivery, max_members=settings.group_max_members)
+        self.groups = Groups(
+            self.store,
+            self.delivery,
+            max_members=settings.group_max_members,
+            max_groups=settings.user_max_groups,
+        )
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._metrics_listener: asyncio.Server | None = None

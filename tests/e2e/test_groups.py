@@ -292,3 +292,22 @@ async def test_ws_group_send_typing_and_live_delivery(
     assert err["code"] == "unknown_group" and err["ref"] == "m"
     for ws in (ws_a, ws_b, ws_c, ws_m):
         await ws.close()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"user_max_groups": 2}])
+async def test_a_user_is_in_at_most_user_max_groups(api: Api) -> None:
+    alice, bob = await api.user(), await api.user()
+    first = await create(api, alice, [bob], "one")
+    assert (await create(api, alice, [], "two")).status == 201
+    assert_error(await create(api, alice, [], "three"), 409, "too_many_groups")
+    assert_error(await create(api, bob, [alice], "four"), 409, "too_many_groups")
+    carol = await api.user()
+    other = await create(api, carol, [], "five")
+    assert (await create(api, carol, [], "six")).status == 201
+    r = await add(api, carol, other.body["id"], bob.name)  # bob has room for one more
+    assert r.status == 200
+    assert_error(await add(api, alice, first.body["id"], carol.name), 409, "too_many_groups")
+    assert (await remove(api, bob, first.body["id"], bob.name)).status == 204  # bob leaves
+    assert (await create(api, bob, [], "seven")).status == 201
+    listed = await api.call("GET", "/v1/groups", user=bob)
+    assert len(listed.body["groups"]) == 2

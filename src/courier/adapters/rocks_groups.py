@@ -121,6 +121,16 @@ class GroupOps:
             self.group_cache.states[gid] = state
         return state  # type: ignore[no-any-return]
 
+    def _groups_of(self, user: str) -> int:
+        raw = self.get(K.groups_count_key(user))
+        return K.unpack_u64(raw) if raw else 0
+
+    def _check_room(self, users: list[str], max_groups: int) -> None:
+        """Before anything is written: each of `users` may join one more group."""
+        for user in users:
+            if self._groups_of(user) >= max_groups:
+                raise G.too_many_groups(user, max_groups)
+
     def _save_group(self, state: G.GroupState, old: G.GroupState | None) -> None:
         self.groups_changed[state.id] = state
         self.put(K.group_key(state.id), msgspec.msgpack.encode(state))
@@ -128,8 +138,13 @@ class GroupOps:
         after = set(state.usernames)
         for user in after - before:
             self.wb.put(K.member_of_key(user, state.id), b"")
+            self.put(K.groups_count_key(user), K.pack_u64(self._groups_of(user) + 1))
         for user in before - after:
-            self.wb.delete(K.member_of_key(user, state.id))
+            self._left(user, state.id)
+
+    def _left(self, user: str, gid: str) -> None:
+        self.wb.delete(K.member_of_key(user, gid))
+        self.put(K.groups_count_key(user), K.pack_u64(max(self._groups_of(user) - 1, 0)))
 
     def gseq(self, gid: str) -> int:
         """The group's newest log entry, this batch's included."""
@@ -174,6 +189,7 @@ class GroupOps:
             if user != op.owner and not self.user_exists(user):
                 raise unknown_user(user)
         state, change = G.new_group(op.id, op.name, op.owner, op.members, op.ts, op.max_members)
+        self._check_room(list(state.usernames), op.max_groups)
         self._save_group(state, None)
         return GroupResult(state, self._announce(state, [change], op.ts, state.name))
 
@@ -193,6 +209,8 @@ class GroupOps:
             new, changes = G.add_member(
                 state, op.by, op.member, G.check_role(op.role), op.max_members
             )
+            if state.member(op.member) is None:
+                self._check_room([op.member], op.max_groups)
         else:
             new, changes = G.remove_member(state, op.by, op.member)
         if not changes:
@@ -201,7 +219,7 @@ class GroupOps:
             self.groups_changed[op.id] = None
             self.wb.delete(K.group_key(op.id))
             for user in state.usernames:
-                self.wb.delete(K.member_of_key(user, op.id))
+                self._left(user, op.id)
         else:
             self._save_group(new, state)
         published = self._announce(new, changes, op.ts, new.name)

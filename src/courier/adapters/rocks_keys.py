@@ -146,6 +146,11 @@ def group_log_prefix(gid: str) -> bytes:
     return b"L" + gid.encode() + SEP
 
 
+def groups_count_key(user: str) -> bytes:
+    """How many groups `user` is in."""
+    return b"n" + _u(user)
+
+
 def member_of_prefix(user: str) -> bytes:
     return b"g" + _u(user) + SEP
 

@@ -116,6 +116,12 @@ def group_full(limit: int) -> CourierError:
     return CourierError("group_full", f"A group has at most {limit} members.", 409)
 
 
+def too_many_groups(username: str, limit: int) -> CourierError:
+    return CourierError(
+        "too_many_groups", f"{username!r} is already in {limit} groups, as many as allowed.", 409
+    )
+
+
 def check_name(name: str) -> str:
     if not 1 <= len(name) <= NAME_MAX or not name.strip():
         raise bad_request(f"A group name is 1..{NAME_MAX} characters, not only spaces.")

@@ -113,6 +113,7 @@ class CreateGroup(msgspec.Struct, frozen=True):
     members: tuple[str, ...]
     ts: int
     max_members: int
+    max_groups: int = 500  # groups a user may be in (each member, the owner included)
 
 
 class ChangeGroup(msgspec.Struct, frozen=True):
@@ -127,6 +128,7 @@ class ChangeGroup(msgspec.Struct, frozen=True):
     role: str = "member"
     name: str = ""
     max_members: int = 1000
+    max_groups: int = 500
 
 
 class GroupResult(msgspec.Struct, frozen=True):

@@ -26,8 +26,6 @@ from courier.service.accounts import Session, now_ms
 from courier.service.delivery import Delivery
 from courier.service.ratelimit import KeyedLimiter
 
-USER_GROUPS_MAX = 1000  # groups listed per user
-
 
 class Groups:
     def __init__(
@@ -36,12 +34,14 @@ class Groups:
         delivery: Delivery,
         *,
         max_members: int,
+        max_groups: int = 500,
         change_rate: float = 2.0,
         change_burst: int = 30,
     ) -> None:
         self._store = store
         self._delivery = delivery
         self.max_members = max_members
+        self.max_groups = max_groups
         self._limit = KeyedLimiter(change_rate, change_burst)
 
     async def create(self, session: Session, name: str, members: list[str]) -> GroupState:
@@ -54,11 +54,13 @@ class Groups:
         self._limit.check(session.username)
         ts = now_ms()
         gid = "G" + self._delivery.new_id(ts)
-        op = CreateGroup(gid, name, session.username, tuple(members), ts, self.max_members)
+        op = CreateGroup(
+            gid, name, session.username, tuple(members), ts, self.max_members, self.max_groups
+        )
         return self._done(await self._store.submit(op))
 
     async def list(self, session: Session) -> list[GroupState]:
-        return await self._store.user_groups(session.username, USER_GROUPS_MAX)
+        return await self._store.user_groups(session.username, self.max_groups)
 
     async def get(self, session: Session, gid: str) -> GroupState:
         return await self._delivery.member_group(session.username, gid)
@@ -99,6 +101,7 @@ class Groups:
             role,
             name,
             self.max_members,
+            self.max_groups,
         )
         result: GroupResult = await self._store.submit(op)
         state = self._done(result)

@@ -117,7 +117,10 @@ def group_paths(secured: list[dict[str, list[str]]], limit: dict[str, Any]) -> d
                     {
                         "201": {"description": "Created", **_json(_GROUP)},
                         "404": _error("`unknown_user`: a member named does not exist."),
-                        "409": _error("`group_full`: more members than a group may have."),
+                        "409": _error(
+                            "`group_full`: more members than a group may have; or"
+                            " `too_many_groups`: a member named is in as many groups as allowed."
+                        ),
                     },
                     body=True,
                 ),
@@ -176,7 +179,10 @@ def group_paths(secured: list[dict[str, list[str]]], limit: dict[str, Any]) -> d
                             "`unknown_group`: not a member of such a group; or"
                             " `unknown_user`: no such user."
                         ),
-                        "409": _error("`group_full`: the group has all the members it may."),
+                        "409": _error(
+                            "`group_full`: the group has all the members it may; or"
+                            " `too_many_groups`: the user is in as many groups as allowed."
+                        ),
                     },
                     body=True,
                 ),

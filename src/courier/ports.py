@@ -127,6 +127,17 @@ class Broker(Protocol):
         """This node holds no connection of `user` any more."""
         ...
 
+    def watch_group(self, gid: str) -> None:
+        """This node holds a connection of a member of `gid` (counted: one call per member
+        held; unwatch_group as many times)."""
+        ...
+
+    def unwatch_group(self, gid: str) -> None: ...
+
+    async def settled(self) -> None:
+        """Return once the watches made so far are in effect (callers bound the wait)."""
+        ...
+
 
 class CachedView(msgspec.Struct, frozen=True):
     """The seed's recent-conversations cache for one user: the most recent conversations and

@@ -92,6 +92,8 @@ class Server:
         self.broker = build_broker(settings, self.metrics)
         self.cache = build_cache(settings)
         self.registry = Registry(self.broker, self.metrics, settings.max_connections_per_user)
+        if settings.broker != "local":  # one process holds every member: nothing to watch
+            self.registry.watch_groups(self.store)
         hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,
             memory_cost=settings.argon2_memory_kib,
@@ -271,6 +273,8 @@ class Server:
             await self._metrics_runner.cleanup()
             self._metrics_runner = None
         self.accounts.close()
+        if self.registry.groups is not None:
+            await self.registry.groups.close()
         await self.broker.close()
         await self.cache.close()
         await self.store.close()

@@ -34,3 +34,12 @@ class LocalBroker:
 
     def unwatch(self, user: str) -> None:
         """Nothing to unsubscribe from."""
+
+    def watch_group(self, gid: str) -> None:
+        """Every group envelope is already local."""
+
+    def unwatch_group(self, gid: str) -> None:
+        """Nothing to unsubscribe from."""
+
+    async def settled(self) -> None:
+        """Always settled."""

@@ -28,15 +28,17 @@ from nats.errors import SlowConsumerError, StaleConnectionError, UnexpectedEOF
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from courier.domain.groups import valid_group_id
 from courier.domain.names import valid_username
 from courier.domain.shards import shard_of
 from courier.metrics import Metrics
-from courier.ports import RESYNC, REVOKE, Envelope, Sink
+from courier.ports import GROUP, RESYNC, REVOKE, Envelope, Sink
 
 log = logging.getLogger(__name__)
 
 USER_PREFIX = "courier.u."
 SHARD_PREFIX = "courier.s."
+GROUP_PREFIX = "courier.g."
 
 Scheme = Literal["user", "shard"]
 
@@ -64,6 +66,12 @@ def shard_subject(user: str) -> str:
     return SHARD_PREFIX + str(shard_of(user))
 
 
+def group_subject(gid: str) -> str:
+    """One subject per group: a node holding any member subscribes, so a group message is one
+    NATS message per interested node, whatever the number of members there."""
+    return GROUP_PREFIX + (gid if valid_group_id(gid) else "~" + gid.encode().hex())
+
+
 def _discard(envelope: Envelope) -> None:
     del envelope
 
@@ -83,6 +91,8 @@ class BrokerCounters(Collector):
         self.sink_errors = 0
         self.undecodable = 0
         self.subscriptions = 0
+        self.group_published = 0
+        self.group_received = 0
 
     @property
     def dropped(self) -> int:
@@ -98,6 +108,16 @@ class BrokerCounters(Collector):
             "courier_broker_published",
             "Envelopes handed to NATS by this node.",
             value=self.published,
+        )
+        yield CounterMetricFamily(
+            "courier_broker_group_published",
+            "Group envelopes (one per group message, for every member) handed to NATS.",
+            value=self.group_published,
+        )
+        yield CounterMetricFamily(
+            "courier_broker_group_received",
+            "Group envelopes received from NATS.",
+            value=self.group_received,
         )
         yield CounterMetricFamily(
             "courier_broker_received",
@@ -174,10 +194,12 @@ class NatsBroker:
         # Users this node holds, and per subject how many of them map onto it (1 per user
         # subject; up to all of a shard's users per shard subject).
         self._watched: set[str] = set()
+        self._groups: dict[str, int] = {}  # group -> members held here
         self._wanted: dict[str, int] = {}
         self._subs: dict[str, Subscription] = {}
         self._dirty: set[str] = set()
         self._resync = asyncio.Event()
+        self._synced = asyncio.Event()  # set each time the subscription loop catches up
         self._up = asyncio.Event()
         self._outbox: deque[tuple[str, bytes, bool]] = deque()
         self._max_outbox = max_outbox
@@ -238,12 +260,17 @@ class NatsBroker:
 
     def publish(self, envelope: Envelope) -> None:
         """Never blocks and never raises: local holders get it now, other nodes via NATS."""
-        if envelope.user in self._watched:
+        group = envelope.kind == GROUP
+        if group or envelope.user in self._watched:
             # no_echo keeps NATS from sending our own publishes back to us, so this is the
-            # only local delivery, and it still works while NATS is down.
+            # only local delivery, and it still works while NATS is down. (A group envelope
+            # always: the registry picks the members held here.)
             self._deliver(envelope)
+        if group:
+            self.counters.group_published += 1
         try:
-            item = (self._subject(envelope.user), self._encode(envelope), envelope.kind == REVOKE)
+            subject = group_subject(envelope.user) if group else self._subject(envelope.user)
+            item = (subject, self._encode(envelope), envelope.kind == REVOKE)
         except Exception:
             log.exception("cannot encode an envelope for %r", envelope.user)
             return
@@ -275,7 +302,25 @@ class NatsBroker:
         if user not in self._watched:
             return
         self._watched.discard(user)
-        subject = self._subject(user)
+        self._unwant(self._subject(user))
+
+    def watch_group(self, gid: str) -> None:
+        self._groups[gid] = self._groups.get(gid, 0) + 1
+        if self._groups[gid] == 1:
+            subject = group_subject(gid)
+            self._wanted[subject] = self._wanted.get(subject, 0) + 1
+            self._dirty.add(subject)
+            self._resync.set()
+
+    def unwatch_group(self, gid: str) -> None:
+        count = self._groups.get(gid, 0) - 1
+        if count > 0:
+            self._groups[gid] = count
+            return
+        if self._groups.pop(gid, None) is not None:
+            self._unwant(group_subject(gid))
+
+    def _unwant(self, subject: str) -> None:
         count = self._wanted.get(subject, 0) - 1
         if count > 0:
             self._wanted[subject] = count
@@ -283,6 +328,16 @@ class NatsBroker:
         self._wanted.pop(subject, None)
         self._dirty.add(subject)
         self._resync.set()
+
+    async def settled(self) -> None:
+        """Waits until every wanted subject is subscribed and NATS has seen it (a round
+        trip). Bound it with asyncio.timeout()."""
+        while not self.in_sync():
+            self._synced.clear()
+            await self._synced.wait()
+        nc = self._nc
+        if nc is not None and nc.is_connected:
+            await nc.flush(timeout=5)
 
     # -- introspection (tests, bench, ops) -----------------------------------------------------
 
@@ -469,6 +524,7 @@ class NatsBroker:
                     log.warning("NATS subscription change on %s failed: %r", subject, e)
                     await asyncio.sleep(self._reconnect_wait)
             self.counters.subscriptions = len(self._subs)
+            self._synced.set()
 
     async def _sync_subject(self, nc: Client, subject: str) -> None:
         wanted = subject in self._wanted
@@ -494,7 +550,12 @@ class NatsBroker:
             self.counters.undecodable += 1
             log.debug("undecodable envelope on %s (%d bytes)", msg.subject, len(msg.data))
             return
-        if envelope.user not in self._watched:
+        if envelope.kind == GROUP:
+            self.counters.group_received += 1
+            if envelope.user not in self._groups:
+                self.counters.filtered += 1
+                return
+        elif envelope.user not in self._watched:
             self.counters.filtered += 1
             return
         self._deliver(envelope)

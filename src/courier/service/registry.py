@@ -12,7 +12,8 @@ from typing import Protocol
 from courier.domain.errors import too_many_connections
 from courier.domain.events import with_seq
 from courier.metrics import Metrics
-from courier.ports import EVENT, GROUP, RESYNC, REVOKE, Broker, Envelope
+from courier.ports import EVENT, GROUP, RESYNC, REVOKE, Broker, Envelope, Store
+from courier.service.group_watch import GroupWatch
 
 
 class Subscriber(Protocol):
@@ -33,12 +34,25 @@ class Registry:
         self._metrics = metrics
         self.max_per_user = max_per_user
         self._by_user: dict[str, set[Subscriber]] = {}
+        self.groups: GroupWatch | None = None  # set when the node must watch groups
+
+    def watch_groups(self, store: Store) -> GroupWatch:
+        """Watch the groups of the users held here (cluster brokers need it)."""
+        self.groups = GroupWatch(self._broker, store, self.resync)
+        return self.groups
+
+    def resync(self, user: str) -> None:
+        """`user`'s connections catch up from the store (envelopes may have been missed)."""
+        for sub in tuple(self._by_user.get(user, ())):
+            sub.deliver(Envelope(user, RESYNC))
 
     def add(self, sub: Subscriber) -> None:
         subs = self._by_user.get(sub.user)
         if subs is None:
             subs = self._by_user[sub.user] = set()
             self._broker.watch(sub.user)
+            if self.groups is not None:
+                self.groups.online(sub.user)
         elif len(subs) >= self.max_per_user:
             raise too_many_connections(self.max_per_user)
         subs.add(sub)
@@ -56,6 +70,8 @@ class Registry:
         if not subs:
             del self._by_user[sub.user]
             self._broker.unwatch(sub.user)
+            if self.groups is not None:
+                self.groups.offline(sub.user)
 
     def count(self, user: str) -> int:
         return len(self._by_user.get(user, ()))
@@ -79,8 +95,11 @@ class Registry:
                 if sub.token_hash == env.data:
                     sub.revoke()
             return
-        if env.kind == EVENT and env.t0:
-            self._metrics.send_to_push.observe(max(time.time() - env.t0, 0.0))
+        if env.kind == EVENT:
+            if env.t0:
+                self._metrics.send_to_push.observe(max(time.time() - env.t0, 0.0))
+            if self.groups is not None:
+                self.groups.seen(env.user, env.data)
         for sub in tuple(subs):
             sub.deliver(env)
 

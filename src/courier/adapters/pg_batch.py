@@ -36,6 +36,7 @@ from courier.domain.events import (
     peek,
     with_seq,
 )
+from courier.domain.groups import GroupReceiptEvent
 from courier.domain.ops import (
     AckAdvance,
     AdvanceAck,
@@ -250,8 +251,9 @@ class PgBatch:
                 keys.heads.add(op.user)
                 keys.metas.add((op.user, op.peer))
             elif isinstance(op, AppendReceipt):
-                keys.receipts.add((op.owner, op.peer, op.status))
-                keys.receipts.add((op.owner, op.peer, "delivered"))
+                peer = f"{op.group}/{op.peer}" if op.group else op.peer
+                keys.receipts.add((op.owner, peer, op.status))
+                keys.receipts.add((op.owner, peer, "delivered"))
         keys.users -= self.known_users
         if keys.heads:
             # This batch reads heads: it locks every head it may advance in the same sorted
@@ -567,19 +569,32 @@ class PgBatch:
         return _v(in_cp) or 0
 
     def _append_receipt(self, op: AppendReceipt) -> Any:
-        key = (op.owner, op.peer, op.status)
+        # A group's markers are per (owner, group/member, status): "/" is in no name or id.
+        marker_peer = f"{op.group}/{op.peer}" if op.group else op.peer
+        key = (op.owner, marker_peer, op.status)
         if self._markers.get(key, -1) >= op.up_to:
             return None
         self._markers[key] = op.up_to
         self._markers_dirty.add(key)
         if op.status == "read":  # read implies delivered: no later, smaller delivered receipt
-            dkey = (op.owner, op.peer, "delivered")
+            dkey = (op.owner, marker_peer, "delivered")
             if self._markers.get(dkey, -1) < op.up_to:
                 self._markers[dkey] = op.up_to
                 self._markers_dirty.add(dkey)
         seq = self._slot(op.owner)
 
         def make(s: int) -> bytes:
+            if op.group:
+                return msgspec.json.encode(
+                    GroupReceiptEvent(
+                        seq=s,
+                        status=op.status,
+                        group=op.group,
+                        peer=op.peer,
+                        up_to=op.up_to,
+                        ts=op.ts,
+                    )
+                )
             return encode_event(
                 ReceiptEvent(seq=s, status=op.status, peer=op.peer, up_to=op.up_to, ts=op.ts)
             )

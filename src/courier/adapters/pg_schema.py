@@ -190,6 +190,55 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WITH (fillfactor = 80);  -- no index on last_used: a recorded use stays HOT
         """,
     ),
+    (
+        4,
+        """
+        -- Groups (see pg_groups). On the group's server (shard of the group id): its state
+        -- (msgpack: name, members with roles) and its seq of fanned-out events.
+        CREATE TABLE groups (
+            shard smallint NOT NULL,
+            id text COLLATE "C" NOT NULL,
+            state bytea NOT NULL,
+            gseq bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (shard, id)
+        );
+        -- Fan-out records still to complete: the event after its seq, stored once, and its
+        -- recipients as of that moment (and who joins or leaves the group with it).
+        CREATE TABLE group_fanout (
+            shard smallint NOT NULL,
+            gid text COLLATE "C" NOT NULL,
+            gseq bigint NOT NULL,
+            kind smallint NOT NULL,
+            author text NOT NULL,
+            client_id text NOT NULL,
+            ts bigint NOT NULL,
+            tail bytea NOT NULL,
+            recipients text[] NOT NULL,
+            joins text[] NOT NULL,
+            leaves text[] NOT NULL,
+            created bigint NOT NULL,
+            PRIMARY KEY (shard, gid, gseq)
+        );
+        -- A group message's client_id, on the group's server: a retry finds its original.
+        CREATE TABLE group_dedupe (
+            shard smallint NOT NULL,
+            gid text COLLATE "C" NOT NULL,
+            sender text COLLATE "C" NOT NULL,
+            client_id text NOT NULL,
+            gseq bigint NOT NULL,
+            PRIMARY KEY (shard, gid, sender, client_id)
+        );
+        -- On each member's server: the groups of a user.
+        CREATE TABLE group_members (
+            shard smallint NOT NULL,
+            owner text COLLATE "C" NOT NULL,
+            gid text COLLATE "C" NOT NULL,
+            PRIMARY KEY (shard, owner, gid)
+        );
+        -- A group message's author (its counterpart is the author's seq).
+        ALTER TABLE timeline ADD COLUMN author text;
+        """,
+    ),
 ]
 
 

@@ -44,7 +44,19 @@ from courier.domain.shards import LOGICAL_SHARDS, shard_of
 _MOVE_LOCK = MIGRATION_LOCK + 2
 # Tables whose rows carry the owner's shard, and how a round copies them.
 APPENDED = ("timeline", "dedupe")
-MIRRORED = ("users", "tokens", "sessions", "heads", "conversations", "acks", "receipts")
+MIRRORED = (
+    "users",
+    "tokens",
+    "sessions",
+    "heads",
+    "conversations",
+    "acks",
+    "receipts",
+    "groups",
+    "group_members",
+    "group_fanout",
+    "group_dedupe",
+)
 _NOT_MOVED = ("shard_map", "shard_fence")
 _CHUNK = 5000
 

@@ -53,6 +53,7 @@ from courier.adapters.pg_batch import (
     SweepUsers,
     sweep_users,
 )
+from courier.adapters.pg_groups import KIND_GROUP_IN, PgGroups
 from courier.adapters.pg_movefence import (
     Bounced,
     MapFollower,
@@ -66,11 +67,15 @@ from courier.adapters.pg_schema import Conn, migrate
 from courier.adapters.pg_sessions import halves
 from courier.adapters.pg_shardmap import ShardMap, load_shard_map
 from courier.domain.errors import store_unavailable
+from courier.domain.groups import RECEIPTS_MAX_MEMBERS, GroupState, is_group
 from courier.domain.ops import (
     AdvanceAck,
+    AppendGroupMessage,
     AppendMessage,
     AppendReceipt,
+    ChangeGroup,
     Conversation,
+    CreateGroup,
     CreateUser,
     DeleteToken,
     MarkRead,
@@ -306,6 +311,8 @@ class PgStore:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._map_refresh = map_refresh
         self._follower: MapFollower | None = None
+        self.groups = PgGroups(self)
+        self._recovery: asyncio.Task[None] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -333,11 +340,22 @@ class PgStore:
         self._follower = MapFollower(self, self._dsns[0], refresh=self._map_refresh)
         self._follower.start()
         await self._list_old_tokens()
+        for server in range(len(self._pools)):  # fan-outs a stopped node left
+            try:
+                await self.groups.complete_pending(server)
+            except Exception as exc:
+                log.warning("completing group fan-outs of server %d: %r", server, exc)
+        self._recovery = asyncio.create_task(self.groups.run_recovery())
 
     async def close(self) -> None:
         """Finish what was submitted (both halves of every send), then stop."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+            self._recovery = None
         if self._follower is not None:
             await self._follower.stop()
             self._follower = None
@@ -440,9 +458,71 @@ class PgStore:
             self._spawn(self._sweep(op, fut))
         elif isinstance(op, PutToken | TouchToken | DeleteToken):
             self._spawn(self._token_write(op, fut))
+        elif isinstance(op, MarkRead) and is_group(op.peer):
+            self._spawn(self._settle(fut, self._group_read(op)))
         elif isinstance(op, CreateUser | AdvanceAck | MarkRead | AppendReceipt):
             self._route(op, fut)
+        elif isinstance(op, CreateGroup):
+            self._spawn(self._settle(fut, self.groups.create(op)))
+        elif isinstance(op, ChangeGroup):
+            self._spawn(self._settle(fut, self.groups.change(op)))
+        elif isinstance(op, AppendGroupMessage):
+            self._spawn(self._settle(fut, self.groups.send(op)))
         return fut
+
+    async def _settle(self, fut: asyncio.Future[Any], work: Any) -> None:
+        try:
+            result = await work
+        except _UNREACHABLE as exc:
+            if not fut.done():
+                fut.set_exception(store_unavailable())
+            del exc
+            return
+        except Exception as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+            return
+        if not fut.done():
+            fut.set_result(result)
+
+    async def _group_read(self, op: MarkRead) -> tuple[tuple[str, int], ...]:
+        """The marker moves like a 1:1 one (the group's rows carry the running incoming
+        count); the answer names the authors newly read, for groups that get receipts."""
+        server = self.server_of(op.user)
+        before = await self._fetchrow(
+            server,
+            "SELECT read_seq FROM conversations WHERE shard = $1 AND owner = $2 AND peer = $3",
+            shard_of(op.user),
+            op.user,
+            op.peer,
+        )
+        assert self._loop is not None
+        done: asyncio.Future[Any] = self._loop.create_future()
+        self._route(op, done)
+        await done
+        state = await self.groups.get_group(op.peer)
+        if state is None or len(state.members) > RECEIPTS_MAX_MEMBERS:
+            return ()
+        floor = before[0] if before is not None and before[0] < op.seq else max(op.seq - 50, 0)
+        rows = await self._fetch(
+            server,
+            "SELECT author, max(counterpart) FROM timeline WHERE shard = $1 AND owner = $2"
+            " AND peer = $3 AND kind = $4 AND seq > $5 AND seq <= $6 AND counterpart IS NOT NULL"
+            " GROUP BY author",
+            shard_of(op.user),
+            op.user,
+            op.peer,
+            KIND_GROUP_IN,
+            floor,
+            op.seq,
+        )
+        return tuple((r[0], r[1]) for r in rows)
+
+    async def get_group(self, gid: str) -> GroupState | None:
+        return await self.groups.get_group(gid)
+
+    async def user_groups(self, user: str, limit: int) -> list[GroupState]:
+        return await self.groups.user_groups(user, limit)
 
     async def _token_write(
         self, op: PutToken | TouchToken | DeleteToken, fut: asyncio.Future[Any]
@@ -720,7 +800,26 @@ class PgStore:
             seq = max(seqs.values(), default=0)
             if seq > out.get(peer, 0):
                 out[peer] = seq
-        return {(peer, ""): seq for peer, seq in out.items()}
+        summary = {(peer, ""): seq for peer, seq in out.items()}
+        groups = await self._fetch(
+            self.server_of(user),
+            "SELECT author, peer, max(counterpart) FROM timeline WHERE shard = $1 AND owner = $2"
+            " AND seq > $3 AND seq <= $4 AND kind = $5 AND counterpart IS NOT NULL"
+            " GROUP BY author, peer",
+            shard_of(user),
+            user,
+            after,
+            up_to,
+            KIND_GROUP_IN,
+        )
+        sizes: dict[str, int] = {}
+        for author, gid, seq in groups:
+            if gid not in sizes:
+                state = await self.groups.get_group(gid)
+                sizes[gid] = RECEIPTS_MAX_MEMBERS + 1 if state is None else len(state.members)
+            if sizes[gid] <= RECEIPTS_MAX_MEMBERS:
+                summary[(author, gid)] = seq
+        return summary
 
     async def _counterparts(self, sender: str, client_ids: Iterable[str]) -> dict[str, int]:
         """Seqs of `sender`'s outgoing copies by client_id, read on the sender's server."""

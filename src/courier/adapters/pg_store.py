@@ -342,7 +342,7 @@ class PgStore:
         await self._list_old_tokens()
         for server in range(len(self._pools)):  # fan-outs a stopped node left
             try:
-                await self.groups.complete_pending(server)
+                await self.groups.complete_pending(server, age_ms=0)
             except Exception as exc:
                 log.warning("completing group fan-outs of server %d: %r", server, exc)
         self._recovery = asyncio.create_task(self.groups.run_recovery())

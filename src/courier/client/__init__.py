@@ -9,12 +9,16 @@ from courier.client.errors import AuthError, ConnectionLost, CourierError, RateL
 from courier.client.events import (
     Conversation,
     Event,
+    Group,
+    GroupChange,
+    GroupMember,
     HistoryPage,
     Message,
     Receipt,
     Sent,
     TimelineEvent,
     Typing,
+    Unknown,
 )
 
 __all__ = [
@@ -24,6 +28,9 @@ __all__ = [
     "Conversation",
     "CourierError",
     "Event",
+    "Group",
+    "GroupChange",
+    "GroupMember",
     "HistoryPage",
     "Message",
     "RateLimited",
@@ -32,5 +39,6 @@ __all__ = [
     "TimelineEvent",
     "Transport",
     "Typing",
+    "Unknown",
     "new_client_id",
 ]

@@ -14,7 +14,7 @@ import aiohttp
 
 from courier.client.backoff import backoff
 from courier.client.errors import AuthError, ConnectionLost, CourierError, RateLimited
-from courier.client.events import Conversation, Event, Hello, HistoryPage, Sent, Typing
+from courier.client.events import Conversation, Event, Group, Hello, HistoryPage, Sent, Typing
 from courier.client.http import HttpApi
 from courier.client.ws import Subscription
 
@@ -131,7 +131,9 @@ class Client:
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def send(self, to: str, body: str, client_id: str | None = None) -> Sent:
+    async def send(
+        self, to: str, body: str, client_id: str | None = None, *, group: str | None = None
+    ) -> Sent:
         """Send until the server confirms it stored the message, exactly once.
 
         Every attempt reuses one ``client_id``, so a retry after a lost answer returns the
@@ -144,8 +146,8 @@ class Client:
             conn = self._sub.conn if self._sub is not None else None
             try:
                 if conn is not None and conn.open:
-                    return await conn.send(to, body, client_id, self.send_timeout)
-                return await self._http().send(to, body, client_id)
+                    return await conn.send(to, body, client_id, self.send_timeout, group=group)
+                return await self._http().send(to, body, client_id, group=group)
             except RateLimited as exc:
                 delay = exc.retry_after if exc.retry_after is not None else backoff(attempt)
             except CourierError as exc:
@@ -173,6 +175,54 @@ class Client:
     async def typing(self, to: str) -> bool:
         """Tell ``to`` we are typing; only possible over a live WebSocket, else returns False."""
         return await self._frame({"type": "typing", "to": to})
+
+    # -- groups ------------------------------------------------------------------------------
+
+    async def create_group(self, name: str, members: list[str]) -> Group:
+        """A new group with us as its owner and ``members`` in it."""
+        return await self._http().create_group(name, members)
+
+    async def groups(self) -> list[Group]:
+        """The groups we are a member of."""
+        return await self._http().groups()
+
+    async def group(self, gid: str) -> Group:
+        return await self._http().group(gid)
+
+    async def rename_group(self, gid: str, name: str) -> Group:
+        return await self._http().rename_group(gid, name)
+
+    async def add_member(self, gid: str, username: str, role: str = "member") -> Group:
+        """Add ``username`` (owner or admin only), or give a member another role."""
+        return await self._http().add_member(gid, username, role)
+
+    async def remove_member(self, gid: str, username: str) -> None:
+        await self._http().remove_member(gid, username)
+
+    async def leave_group(self, gid: str) -> None:
+        if self.username is None:
+            raise RuntimeError("log in first")
+        await self._http().remove_member(gid, self.username)
+
+    async def send_group(self, gid: str, body: str, client_id: str | None = None) -> Sent:
+        """Send to every member of a group, exactly once, as `send` does for one user."""
+        return await self.send("", body, client_id, group=gid)
+
+    async def read_group(self, gid: str, seq: int) -> None:
+        """Mark the group's messages up to our timeline ``seq`` as read."""
+        if await self._frame({"type": "read", "group": gid, "seq": seq}):
+            return
+        await self._http().read(None, seq, group=gid)
+
+    async def typing_group(self, gid: str) -> bool:
+        """Tell the group's other members we are typing (over a live WebSocket only)."""
+        return await self._frame({"type": "typing", "group": gid})
+
+    async def group_history(
+        self, gid: str, before: int | None = None, limit: int = 50
+    ) -> HistoryPage:
+        """One page of a group's conversation, newest first."""
+        return await self._http().group_history(gid, before, limit)
 
     async def _frame(self, frame: dict[str, object]) -> bool:
         conn = self._sub.conn if self._sub is not None else None

@@ -11,12 +11,19 @@ import msgspec
 from courier.client.errors import AuthError, CourierError, RateLimited, error_from
 from courier.client.events import (
     Conversation,
-    ConversationList,
     ErrorBody,
     EventPage,
+    Group,
+    GroupList,
     HistoryPage,
+    RawConversationList,
+    RawEventPage,
+    RawHistoryPage,
     Sent,
     Session,
+    conversation_list,
+    event_page,
+    history_page,
 )
 
 T = TypeVar("T")
@@ -85,31 +92,73 @@ class HttpApi:
     async def logout(self) -> None:
         await self._call("DELETE", "/v1/sessions/current")
 
-    async def send(self, to: str, body: str, client_id: str) -> Sent:
+    async def send(
+        self, to: str | None, body: str, client_id: str, group: str | None = None
+    ) -> Sent:
+        target = {"group": group} if group is not None else {"to": to}
         _, answer = await self._call(
-            "POST", "/v1/messages", json={"to": to, "body": body, "client_id": client_id}
+            "POST", "/v1/messages", json={**target, "body": body, "client_id": client_id}
         )
         return _sent_decoder.decode(answer)
 
     async def events(self, after: int, wait: float = 0, limit: int = 100) -> EventPage:
         params = {"after": str(after), "wait": str(int(wait)), "limit": str(limit)}
-        return await self._get("/v1/events", EventPage, params=params, seconds=wait + 30.0)
+        raw = await self._get("/v1/events", RawEventPage, params=params, seconds=wait + 30.0)
+        return event_page(raw)
 
     async def ack(self, seq: int) -> None:
         await self._call("POST", "/v1/ack", json={"seq": seq})
 
-    async def read(self, peer: str, seq: int) -> None:
-        await self._call("POST", "/v1/read", json={"peer": peer, "seq": seq})
+    async def read(self, peer: str | None, seq: int, group: str | None = None) -> None:
+        target = {"group": group} if group is not None else {"peer": peer}
+        await self._call("POST", "/v1/read", json={**target, "seq": seq})
 
     async def conversations(self) -> list[Conversation]:
-        return (await self._get("/v1/conversations", ConversationList)).conversations
+        return conversation_list(await self._get("/v1/conversations", RawConversationList))
 
     async def history(self, peer: str, before: int | None = None, limit: int = 50) -> HistoryPage:
+        path = f"/v1/conversations/{quote(peer, safe='')}/messages"
+        return await self._page(path, before, limit)
+
+    async def group_history(
+        self, gid: str, before: int | None = None, limit: int = 50
+    ) -> HistoryPage:
+        return await self._page(f"/v1/groups/{quote(gid, safe='')}/messages", before, limit)
+
+    async def _page(self, path: str, before: int | None, limit: int) -> HistoryPage:
         params = {"limit": str(limit)}
         if before is not None:
             params["before"] = str(before)
-        path = f"/v1/conversations/{quote(peer, safe='')}/messages"
-        return await self._get(path, HistoryPage, params=params)
+        return history_page(await self._get(path, RawHistoryPage, params=params))
+
+    # -- groups --------------------------------------------------------------------------------
+    async def create_group(self, name: str, members: list[str]) -> Group:
+        _, body = await self._call("POST", "/v1/groups", json={"name": name, "members": members})
+        return msgspec.json.decode(body, type=Group)
+
+    async def groups(self) -> list[Group]:
+        return (await self._get("/v1/groups", GroupList)).groups
+
+    async def group(self, gid: str) -> Group:
+        return await self._get(f"/v1/groups/{quote(gid, safe='')}", Group)
+
+    async def rename_group(self, gid: str, name: str) -> Group:
+        _, body = await self._call(
+            "PATCH", f"/v1/groups/{quote(gid, safe='')}", json={"name": name}
+        )
+        return msgspec.json.decode(body, type=Group)
+
+    async def add_member(self, gid: str, username: str, role: str = "member") -> Group:
+        _, body = await self._call(
+            "POST",
+            f"/v1/groups/{quote(gid, safe='')}/members",
+            json={"username": username, "role": role},
+        )
+        return msgspec.json.decode(body, type=Group)
+
+    async def remove_member(self, gid: str, username: str) -> None:
+        path = f"/v1/groups/{quote(gid, safe='')}/members/{quote(username, safe='')}"
+        await self._call("DELETE", path)
 
 
 def _error(status: int, body: bytes, retry_after: str | None) -> CourierError:

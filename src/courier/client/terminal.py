@@ -28,7 +28,7 @@ import msgspec
 
 from courier.client.client import Client, new_client_id
 from courier.client.errors import CourierError
-from courier.client.events import Event, Message, Receipt, Typing
+from courier.client.events import Event, GroupChange, Message, Receipt, Typing, Unknown
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 CONFIG_ENV = "COURIER_CLIENT_CONFIG"
@@ -109,10 +109,31 @@ def _clock(ts: int) -> str:
 def format_event(event: Event) -> str:
     """One human line per event."""
     if isinstance(event, Message):
-        return f"{_clock(event.ts)} #{event.seq} {event.from_} -> {event.to}: {_clean(event.body)}"
+        where = f"[{event.group}]" if event.group else f"-> {event.to}"
+        return f"{_clock(event.ts)} #{event.seq} {event.from_} {where}: {_clean(event.body)}"
     if isinstance(event, Receipt):
-        return f"{_clock(event.ts)} #{event.seq} {event.peer} {event.status} up to #{event.up_to}"
-    return f"{event.from_} is typing"
+        where = f" in [{event.group}]" if event.group else ""
+        line = f"{event.peer} {event.status} up to #{event.up_to}{where}"
+        return f"{_clock(event.ts)} #{event.seq} {line}"
+    if isinstance(event, GroupChange):
+        return f"{_clock(event.ts)} #{event.seq} [{event.group}] {describe_change(event)}"
+    if isinstance(event, Unknown):
+        return f"#{event.seq} ({event.type})"
+    where = f" in [{event.group}]" if event.group else ""
+    return f"{event.from_} is typing{where}"
+
+
+def describe_change(event: GroupChange) -> str:
+    who = event.member or ""
+    texts = {
+        "created": f"{event.by} created {_clean(event.name)!r}",
+        "added": f"{event.by} added {who}",
+        "removed": f"{event.by} removed {who}",
+        "left": f"{who} left",
+        "renamed": f"{event.by} renamed the group {_clean(event.name)!r}",
+        "role": f"{who} is now {event.role}",
+    }
+    return texts.get(event.action, event.action)
 
 
 def _say(line: str, stream: TextIO | None = None) -> None:
@@ -216,6 +237,8 @@ async def _tail(args: argparse.Namespace) -> int:
 async def _chat(args: argparse.Namespace) -> int:
     url, token = resolve(args)
     peer = args.user
+    if peer.startswith("G"):  # a group id: group ids start with a capital G, names never do
+        return await _group_chat(url, token, peer, args.history)
     async with Client(url, token) as client:
         conversations = await client.conversations()
         start = max((c.last.seq for c in conversations if c.last is not None), default=0)
@@ -271,6 +294,102 @@ async def _chat(args: argparse.Namespace) -> int:
                 await sender
         for task in done:
             task.result()  # surfaces an error that ended the chat
+    return 0
+
+
+async def _group_chat(url: str, token: str | None, gid: str, history_size: int) -> int:
+    async with Client(url, token) as client:
+        group = await client.group(gid)
+        _say(f"[{group.name}] " + ", ".join(f"{m.username} ({m.role})" for m in group.members))
+        conversations = await client.conversations()
+        start = max((c.last.seq for c in conversations if c.last is not None), default=0)
+        page = await client.group_history(gid, limit=history_size) if history_size > 0 else None
+        shown = 0
+        for event in reversed(page.messages if page else []):
+            if isinstance(event, Message):
+                _say(f"{_clock(event.ts)} {event.from_}: {_clean(event.body)}")
+            elif isinstance(event, GroupChange):
+                _say(f"* {describe_change(event)}")
+            shown = max(shown, event.seq)
+        if shown:
+            await client.read_group(gid, shown)
+        mine: set[str] = set()
+
+        async def receive() -> None:
+            typing_shown: dict[str, float] = {}
+            async for event in client.events(after=start, auto_ack=True):
+                if isinstance(event, Typing):
+                    now = time.monotonic()
+                    if event.group == gid and now - typing_shown.get(event.from_, 0) > TYPING_QUIET:
+                        typing_shown[event.from_] = now
+                        _say(f"* {event.from_} is typing")
+                    continue
+                if isinstance(event, GroupChange) and event.group == gid and event.seq > shown:
+                    _say(f"* {describe_change(event)}")
+                    continue
+                if not isinstance(event, Message) or event.group != gid or event.seq <= shown:
+                    continue
+                if event.client_id in mine and event.from_ == client.username:
+                    continue
+                _say(f"{_clock(event.ts)} {event.from_}: {_clean(event.body)}")
+                with contextlib.suppress(CourierError, aiohttp.ClientError, OSError, TimeoutError):
+                    await client.read_group(gid, event.seq)
+
+        async def send_lines() -> None:
+            async for line in _stdin_lines():
+                text = line.rstrip("\r\n")
+                if text.strip():
+                    client_id = new_client_id()
+                    mine.add(client_id)
+                    await client.send_group(gid, text, client_id)
+
+        receiver = asyncio.create_task(receive())
+        sender = asyncio.create_task(send_lines())
+        done, _ = await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (receiver, sender):
+            if task not in done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for task in done:
+            task.result()
+    return 0
+
+
+async def _group(args: argparse.Namespace) -> int:
+    """`courier group ACTION ...`: create, list, members, add, remove, leave, rename, send."""
+    url, token = resolve(args)
+    async with Client(url, token) as client:
+        action, rest = args.action, args.args
+        if action == "create" and rest:
+            group = await client.create_group(rest[0], rest[1:])
+            _say(f"{group.id} {group.name}")
+        elif action == "list":
+            for group in await client.groups():
+                _say(f"{group.id} {_clean(group.name)} ({len(group.members)} members)")
+        elif action == "members" and len(rest) == 1:
+            for member in (await client.group(rest[0])).members:
+                _say(f"{member.username} {member.role}")
+        elif action == "add" and len(rest) in (2, 3):
+            await client.add_member(rest[0], rest[1], rest[2] if len(rest) == 3 else "member")
+            _say(f"added {rest[1]}")
+        elif action == "remove" and len(rest) == 2:
+            await client.remove_member(rest[0], rest[1])
+            _say(f"removed {rest[1]}")
+        elif action == "leave" and len(rest) == 1:
+            username = args.username or load_config(config_path()).get("username")
+            if not username:
+                raise SystemExit("courier group leave: name yourself with --username")
+            await client.remove_member(rest[0], username)
+            _say("left")
+        elif action == "rename" and len(rest) == 2:
+            await client.rename_group(rest[0], rest[1])
+            _say("renamed")
+        elif action == "send" and len(rest) >= 2:
+            sent = await client.send_group(rest[0], " ".join(rest[1:]))
+            _say(f"sent #{sent.seq} {sent.id}")
+        else:
+            raise SystemExit(f"courier group: cannot {action} with {len(rest)} arguments")
     return 0
 
 
@@ -331,10 +450,23 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     tail.set_defaults(func=_command(_tail))
 
-    chat = subparsers.add_parser("chat", parents=[auth], help="chat with one user")
-    chat.add_argument("user", help="the other person")
+    chat = subparsers.add_parser("chat", parents=[auth], help="chat with one user or a group")
+    chat.add_argument("user", help="the other person, or a group id")
     chat.add_argument("--history", type=int, default=20, help="messages of history to show")
     chat.set_defaults(func=_command(_chat))
+
+    group = subparsers.add_parser(
+        "group",
+        parents=[auth],
+        help="groups: create NAME [USER...], list, members GID, add GID USER [ROLE],"
+        " remove GID USER, leave GID, rename GID NAME, send GID TEXT...",
+    )
+    group.add_argument(
+        "action", choices=["create", "list", "members", "add", "remove", "leave", "rename", "send"]
+    )
+    group.add_argument("args", nargs="*", help="the action's arguments")
+    group.add_argument("--username", help="who leaves (default: the logged-in user)")
+    group.set_defaults(func=_command(_group))
 
 
 def main(argv: list[str] | None = None) -> int:

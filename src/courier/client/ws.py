@@ -30,12 +30,14 @@ from courier.client.errors import AuthError, ConnectionLost, CourierError, error
 from courier.client.events import (
     ErrorFrame,
     Event,
+    GroupChange,
     Hello,
     Message,
     Receipt,
     Sent,
     Synced,
     Typing,
+    Unknown,
     decode_frame,
 )
 
@@ -89,14 +91,18 @@ class WsConnection:
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise ConnectionLost(str(exc)) from exc
 
-    async def send(self, to: str, body: str, client_id: str, patience: float) -> Sent:
-        """Send one message and wait for its `sent`; pipelined sends keep their order."""
+    async def send(
+        self, to: str, body: str, client_id: str, patience: float, *, group: str | None = None
+    ) -> Sent:
+        """Send one message (to a user, or to a group) and wait for its `sent`; pipelined
+        sends keep their order."""
         entry = self.pending.get(client_id)
         if entry is None:
             future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
-            self.pending[client_id] = (future, to, body)
+            self.pending[client_id] = (future, group or to, body)
             try:
-                frame = {"type": "send", "to": to, "body": body, "client_id": client_id}
+                target = {"group": group} if group is not None else {"to": to}
+                frame = {"type": "send", **target, "body": body, "client_id": client_id}
                 await self.send_frame(frame)
             except ConnectionLost:
                 self.pending.pop(client_id, None)
@@ -309,7 +315,7 @@ class Subscription:
             if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 return
             frame = decode_frame(msg.data)
-            if isinstance(frame, Message | Receipt):
+            if isinstance(frame, Message | Receipt | GroupChange | Unknown):
                 await self._offer(frame)
             elif isinstance(frame, Typing):
                 if len(self._buffer) < self._max_buffer:
@@ -359,7 +365,7 @@ class Subscription:
         )
         await self._offer(copy)
 
-    async def _offer(self, event: Message | Receipt) -> None:
+    async def _offer(self, event: Message | Receipt | GroupChange | Unknown) -> None:
         buffered = self._buffered or 0
         if event.seq <= buffered:
             return  # already buffered or yielded: a replay or our own copy

@@ -106,7 +106,9 @@ export class Api {
   }
 
   sendMessage({ to, body, client_id }) {
-    return this.request("POST", "/v1/messages", { body: { to, body, client_id } });
+    // A conversation key is a username or a group id ("G" and 32 hex digits).
+    const target = /^G[0-9a-f]{32}$/.test(to) ? { group: to } : { to };
+    return this.request("POST", "/v1/messages", { body: { ...target, body, client_id } });
   }
 
   ack(seq) {
@@ -114,7 +116,33 @@ export class Api {
   }
 
   read(peer, seq) {
-    return this.request("POST", "/v1/read", { body: { peer, seq } });
+    const target = /^G[0-9a-f]{32}$/.test(peer) ? { group: peer } : { peer };
+    return this.request("POST", "/v1/read", { body: { ...target, seq } });
+  }
+
+  groupHistory(gid, { before = null, limit = 50 } = {}) {
+    const q = new URLSearchParams({ limit: String(limit) });
+    if (before !== null && before !== undefined) q.set("before", String(before));
+    return this.request("GET", `/v1/groups/${encodeURIComponent(gid)}/messages?${q}`);
+  }
+
+  createGroup(name, members) {
+    return this.request("POST", "/v1/groups", { body: { name, members } });
+  }
+
+  group(gid) {
+    return this.request("GET", `/v1/groups/${encodeURIComponent(gid)}`);
+  }
+
+  addMember(gid, username) {
+    return this.request("POST", `/v1/groups/${encodeURIComponent(gid)}/members`, {
+      body: { username },
+    });
+  }
+
+  removeMember(gid, username) {
+    const path = `/v1/groups/${encodeURIComponent(gid)}/members/${encodeURIComponent(username)}`;
+    return this.request("DELETE", path);
   }
 
   async healthy() {

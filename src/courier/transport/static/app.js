@@ -5,7 +5,8 @@ import { Api, ApiError, NetworkError } from "./api.js";
 import { backoffDelay } from "./backoff.js";
 import { Connection } from "./connection.js";
 import { Outbox } from "./outbox.js";
-import { Store, sessionPersist } from "./store.js";
+import { GroupPanel } from "./groups.js";
+import { Store, isGroupKey, sessionPersist } from "./store.js";
 import { UI } from "./ui.js";
 
 const USERNAME_RE = /^[a-z0-9][a-z0-9_.-]{2,31}$/;
@@ -46,6 +47,13 @@ const ui = new UI({
   seen: () => maybeMarkRead(),
   retryMessage,
   discardMessage,
+});
+
+const groups = new GroupPanel({
+  createGroup,
+  addMember: (gid, name) => changeMembers(gid, () => api.addMember(gid, name), true),
+  removeMember: (gid, name) => changeMembers(gid, () => api.removeMember(gid, name)),
+  leaveGroup: (gid) => changeMembers(gid, () => api.removeMember(gid, store.me)),
 });
 
 // ---- session ----------------------------------------------------------------------------
@@ -224,7 +232,10 @@ function onReady({ hello }) {
 function onEvent(ev) {
   if (!store || typeof ev.seq !== "number") return;
   if (!store.advance(ev.seq)) return;
-  if (ev.type === "message") {
+  if (ev.type === "group") {
+    const conv = store.addEvent(ev).conv;
+    if (current === conv.peer) loadGroup(conv);
+  } else if (ev.type === "message") {
     const { conv, added, incoming } = store.addEvent(ev);
     if (!incoming && ev.client_id && outbox.has(ev.client_id)) outbox.remove(ev.client_id);
     if (added && incoming && ev.seq > conv.countedUpTo) {
@@ -253,7 +264,7 @@ function onFrame(frame) {
       break;
     case "typing":
       if (frame.from) {
-        store.setTyping(frame.from, Date.now() + TYPING_SHOW_MS);
+        store.setTyping(frame.group || frame.from, Date.now() + TYPING_SHOW_MS, frame.from);
         clearTimeout(typingTimer);
         typingTimer = setTimeout(queueRender, TYPING_SHOW_MS + 50);
       }
@@ -277,6 +288,7 @@ function onFrame(frame) {
 
 function describeSendError(code, message) {
   if (code === "unknown_user") return "there is no such user";
+  if (code === "unknown_group") return "you are not a member of this group";
   return message || code || "refused by the server";
 }
 
@@ -351,23 +363,93 @@ function route() {
       peer = null;
     }
   }
-  if (peer && !USERNAME_RE.test(peer)) peer = null;
+  if (peer && !USERNAME_RE.test(peer) && !isGroupKey(peer)) peer = null;
   openChat(peer);
 }
 
 function openChat(peer) {
   current = peer;
-  ui.showChat(peer);
+  ui.showChat(peer, peer ? store.conversation(peer) : null);
+  groups.show(peer && isGroupKey(peer) ? peer : null);
   if (!peer) {
     render();
     return;
   }
   const conv = store.conversation(peer);
   ui.setChatError(conv.error || "");
-  ui.setComposerEnabled(!conv.error);
+  ui.setComposerEnabled(!conv.error && conv.member);
   render();
   if (conv.cursor === undefined) loadHistory(conv);
+  if (conv.isGroup) loadGroup(conv);
   if (!conv.error) ui.focusComposer();
+}
+
+/** The group's members and roles, for the panel (again after every membership event). */
+async function loadGroup(conv) {
+  const myStore = store;
+  try {
+    conv.group = await api.group(conv.peer);
+    if (store !== myStore) return;
+    conv.name = conv.group.name;
+    conv.member = true;
+  } catch (err) {
+    if (store !== myStore) return;
+    if (err instanceof ApiError && err.status === 404) {
+      conv.group = null;
+      conv.member = false;
+    } else {
+      return;
+    }
+  }
+  if (current === conv.peer) {
+    ui.setChatTitle(conv);
+    ui.setComposerEnabled(!conv.error && conv.member);
+    ui.setChatError(conv.member ? "" : "You are no longer a member of this group.");
+    if (conv.group) groups.render(conv.group, store.me, conv.member);
+    else groups.show(null);
+  }
+  queueRender();
+}
+
+async function createGroup(name, members) {
+  if (!name) {
+    groups.setNewGroupError("Give the group a name.");
+    return;
+  }
+  const bad = members.find((m) => !USERNAME_RE.test(m));
+  if (bad) {
+    groups.setNewGroupError(`${bad} is not a username.`);
+    return;
+  }
+  try {
+    const group = await api.createGroup(name, members);
+    const conv = store.conversation(group.id);
+    conv.name = group.name;
+    conv.group = group;
+    groups.resetNewGroup();
+    location.hash = `#/chat/${encodeURIComponent(group.id)}`;
+  } catch (err) {
+    if (err instanceof ApiError && err.code === "unknown_user") {
+      groups.setNewGroupError(err.message);
+    } else if (err instanceof ApiError) {
+      groups.setNewGroupError(err.message || "The server refused the group.");
+    } else {
+      groups.setNewGroupError("Can't reach the server. Try again.");
+    }
+  }
+}
+
+async function changeMembers(gid, call, clearInput = false) {
+  groups.setError("");
+  try {
+    await call();
+    if (clearInput) groups.clearAddInput();
+    if (store) loadGroup(store.conversation(gid));
+  } catch (err) {
+    groups.setError(
+      err instanceof ApiError ? err.message : "Can't reach the server. Try again.",
+    );
+  }
 }
 
 async function loadHistory(conv) {
@@ -378,10 +460,13 @@ async function loadHistory(conv) {
   try {
     // What a conversation holds is complete from its oldest message up (the live stream and
     // replays have no gaps), so the next page is always the one before the oldest held.
-    const res = await api.history(conv.peer, { before: conv.oldestSeq, limit: HISTORY_PAGE });
+    const page = { before: conv.oldestSeq, limit: HISTORY_PAGE };
+    const res = conv.isGroup
+      ? await api.groupHistory(conv.peer, page)
+      : await api.history(conv.peer, page);
     if (store !== myStore) return;
     for (const ev of res.messages || []) {
-      if (ev.type && ev.type !== "message") continue;
+      if (ev.type && ev.type !== "message" && ev.type !== "group") continue;
       store.addEvent(ev, { quiet: true });
       if (ev.from === store.me && ev.client_id && outbox.has(ev.client_id)) {
         outbox.remove(ev.client_id);
@@ -399,7 +484,9 @@ async function loadHistory(conv) {
       return;
     }
     if (err instanceof ApiError && err.status === 404) {
-      conv.error = `There is no user named ${conv.peer}.`;
+      conv.error = conv.isGroup
+        ? "You are not a member of this group."
+        : `There is no user named ${conv.peer}.`;
       conv.cursor = null;
       if (current === conv.peer) {
         ui.setChatError(conv.error);
@@ -438,7 +525,7 @@ function maybeMarkRead() {
 function send(text) {
   if (!store || !current) return false;
   const conv = store.conversation(current);
-  if (conv.error) return false;
+  if (conv.error || !conv.member) return false;
   const entry = outbox.add(current, text);
   store.addPending(entry);
   outbox.flush();

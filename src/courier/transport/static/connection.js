@@ -3,6 +3,7 @@
 // rest of the app sees one gap-free stream of timeline events whatever the network does.
 // The token goes in the first WebSocket frame, never in the URL, which proxies log.
 
+import { isGroupKey } from "./store.js";
 import { ApiError, NetworkError } from "./api.js";
 import { backoffDelay } from "./backoff.js";
 
@@ -99,7 +100,8 @@ export class Connection {
   sendMessage(msg) {
     if (!this.ready) return false;
     if (this.transport === "ws") {
-      return this.sendFrame({ type: "send", to: msg.to, body: msg.body, client_id: msg.client_id });
+      const target = isGroupKey(msg.to) ? { group: msg.to } : { to: msg.to };
+      return this.sendFrame({ type: "send", ...target, body: msg.body, client_id: msg.client_id });
     }
     this.httpSends.items.push(msg);
     this.drainHttpSends();
@@ -115,7 +117,10 @@ export class Connection {
 
   read(peer, seq) {
     if (!this.ready) return false;
-    if (this.transport === "ws") return this.sendFrame({ type: "read", peer, seq });
+    if (this.transport === "ws") {
+      const target = isGroupKey(peer) ? { group: peer } : { peer };
+      return this.sendFrame({ type: "read", ...target, seq });
+    }
     this.api.read(peer, seq).catch(() => {});
     return true;
   }
@@ -123,7 +128,7 @@ export class Connection {
   typing(to) {
     // Typing is ephemeral and exists only on the WebSocket.
     if (!this.ready || this.transport !== "ws") return false;
-    return this.sendFrame({ type: "typing", to });
+    return this.sendFrame(isGroupKey(to) ? { type: "typing", group: to } : { type: "typing", to });
   }
 
   /** Ask for a replay after `after` (used to close a gap in the live stream). */

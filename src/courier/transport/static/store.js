@@ -55,6 +55,25 @@ export const sessionPersist = new Persist("courier.");
 
 let localOrder = 0;
 
+/** Conversation keys are usernames or group ids; group ids start with "G", names never do. */
+export const GROUP_RE = /^G[0-9a-f]{32}$/;
+export const isGroupKey = (key) => GROUP_RE.test(key);
+
+const CHANGES = {
+  created: (e) => `${e.by} created the group “${e.name}”`,
+  added: (e) => `${e.by} added ${e.member}`,
+  removed: (e) => `${e.by} removed ${e.member}`,
+  left: (e) => `${e.member} left`,
+  renamed: (e) => `${e.by} renamed the group “${e.name}”`,
+  role: (e) => `${e.member} is now ${e.role === "admin" ? "an admin" : `the ${e.role}`}`,
+};
+
+/** A membership event as a line of text. */
+export function describeChange(ev) {
+  const text = CHANGES[ev.action];
+  return text ? text(ev) : "The group changed";
+}
+
 function compareMessages(a, b) {
   const as = a.seq ?? Infinity;
   const bs = b.seq ?? Infinity;
@@ -65,6 +84,11 @@ function compareMessages(a, b) {
 export class Conversation {
   constructor(peer) {
     this.peer = peer;
+    this.isGroup = isGroupKey(peer);
+    this.name = this.isGroup ? "" : peer;
+    this.group = null; // the group object (members, roles) once loaded
+    this.member = true; // false once we were removed or left
+    this.typingWho = "";
     this.messages = [];
     this.bySeq = new Map();
     this.byClientId = new Map();
@@ -94,7 +118,7 @@ export class Conversation {
   get newestIncomingSeq() {
     for (let i = this.messages.length - 1; i >= 0; i--) {
       const m = this.messages[i];
-      if (!m.outgoing && m.seq != null) return m.seq;
+      if (!m.outgoing && !m.system && m.seq != null) return m.seq;
     }
     return 0;
   }
@@ -136,6 +160,8 @@ export class Store {
     this.lastSeq = typeof saved === "number" ? saved : null;
     this.ahead = new Set();
     this.receipts = this.persist.get("receipts", {}) || {};
+    // group -> member -> {delivered, read}: receipts of our group messages, per member
+    this.groupReceipts = this.persist.get("groupReceipts", {}) || {};
     this.listeners = new Set();
   }
 
@@ -201,7 +227,8 @@ export class Store {
   /** The server's conversation list: authoritative for unread counts. */
   applyConversations(list) {
     for (const item of list) {
-      const conv = this.conversation(item.peer);
+      const conv = this.conversation(item.group || item.peer);
+      if (item.group && item.name) conv.name = item.name;
       if (item.last) {
         this.addEvent(item.last, { quiet: true });
         if (typeof item.last.seq === "number") {
@@ -214,7 +241,38 @@ export class Store {
   }
 
   peerOf(ev) {
+    if (ev.group) return ev.group;
     return ev.from === this.me ? ev.to : ev.from;
+  }
+
+  /** A membership event: a line in the group's conversation; keeps its name and our place. */
+  addChange(ev, { quiet = false } = {}) {
+    const conv = this.conversation(ev.group);
+    if (ev.name) conv.name = ev.name;
+    if (ev.member === this.me && (ev.action === "removed" || ev.action === "left")) {
+      conv.member = false;
+    } else if (ev.action === "created" || (ev.action === "added" && ev.member === this.me)) {
+      conv.member = true;
+    }
+    conv.group = null; // members changed: loaded again when shown
+    if (ev.seq != null && conv.bySeq.has(ev.seq)) return conv;
+    conv.insert({
+      key: `s:${ev.seq}`,
+      seq: ev.seq ?? null,
+      id: null,
+      from: ev.by,
+      to: null,
+      body: describeChange(ev),
+      ts: ev.ts ?? Date.now(),
+      client_id: null,
+      outgoing: false,
+      system: true,
+      state: "sent",
+      error: null,
+      order: localOrder++,
+    });
+    if (!quiet) this.emit("messages", ev.group);
+    return conv;
   }
 
   /**
@@ -223,6 +281,9 @@ export class Store {
    * their pending outbox copy by client_id.
    */
   addEvent(ev, { quiet = false } = {}) {
+    if (ev.type === "group") {
+      return { conv: this.addChange(ev, { quiet }), added: false, incoming: false };
+    }
     const outgoing = ev.from === this.me;
     const peer = this.peerOf(ev);
     const conv = this.conversation(peer);
@@ -249,7 +310,7 @@ export class Store {
       seq: ev.seq ?? null,
       id: ev.id ?? null,
       from: ev.from,
-      to: ev.to,
+      to: ev.group || ev.to,
       body: String(ev.body ?? ""),
       ts: ev.ts ?? Date.now(),
       client_id: ev.client_id ?? null,
@@ -337,6 +398,10 @@ export class Store {
   // ---- receipts and typing ----------------------------------------------------------------
 
   applyReceipt(ev) {
+    if (ev.group) {
+      this.applyGroupReceipt(ev);
+      return;
+    }
     const r = this.receipts[ev.peer] || { delivered: 0, read: 0 };
     const upTo = Number(ev.up_to) || 0;
     let changed = false;
@@ -354,19 +419,47 @@ export class Store {
     this.emit("messages", ev.peer);
   }
 
+  applyGroupReceipt(ev) {
+    const members = this.groupReceipts[ev.group] || {};
+    const r = members[ev.peer] || { delivered: 0, read: 0 };
+    const upTo = Number(ev.up_to) || 0;
+    const delivered = Math.max(r.delivered, upTo);
+    const read = ev.status === "read" ? Math.max(r.read, upTo) : r.read;
+    if (delivered === r.delivered && read === r.read) return;
+    members[ev.peer] = { delivered, read };
+    this.groupReceipts[ev.group] = members;
+    this.persist.set("groupReceipts", this.groupReceipts);
+    this.emit("messages", ev.group);
+  }
+
+  /** The members who read our group message `msg`, by name. */
+  readBy(msg) {
+    const members = (msg.seq != null && this.groupReceipts[msg.to]) || {};
+    return Object.keys(members)
+      .filter((name) => members[name].read >= msg.seq)
+      .sort();
+  }
+
   /** pending | failed | sent | delivered | read for outgoing messages, null for incoming. */
   statusOf(msg) {
     if (!msg.outgoing) return null;
     if (msg.state !== "sent" || msg.seq == null) return msg.state;
+    if (isGroupKey(msg.to || "")) {
+      const members = Object.values(this.groupReceipts[msg.to] || {});
+      if (members.some((r) => msg.seq <= r.read)) return "read";
+      if (members.some((r) => msg.seq <= r.delivered)) return "delivered";
+      return "sent";
+    }
     const r = this.receipts[msg.to];
     if (r && msg.seq <= r.read) return "read";
     if (r && msg.seq <= r.delivered) return "delivered";
     return "sent";
   }
 
-  setTyping(peer, until) {
+  setTyping(peer, until, who = "") {
     const conv = this.conversation(peer);
     conv.typingUntil = until;
+    conv.typingWho = who || peer;
     this.emit("typing", peer);
   }
 }

@@ -246,10 +246,14 @@ export class UI {
         const link = li.firstElementChild;
         const last = c.last;
         const [peerEl, timeEl, lastEl, unreadEl] = link.children;
-        peerEl.textContent = c.peer;
+        peerEl.textContent = c.isGroup ? c.name || "Group" : c.peer;
         timeEl.textContent = last ? formatTime(last.ts) : "";
         if (last) timeEl.dateTime = new Date(last.ts).toISOString();
-        lastEl.textContent = last ? (last.outgoing ? `You: ${last.body}` : last.body) : "";
+        let preview = "";
+        if (last && last.system) preview = last.body;
+        else if (last && last.outgoing) preview = `You: ${last.body}`;
+        else if (last) preview = c.isGroup ? `${last.from}: ${last.body}` : last.body;
+        lastEl.textContent = preview;
         if (unreadEl.dataset.count !== String(c.unread)) {
           unreadEl.dataset.count = String(c.unread);
           unreadEl.replaceChildren();
@@ -269,7 +273,7 @@ export class UI {
 
   // ---- chat view --------------------------------------------------------------------------
 
-  showChat(peer) {
+  showChat(peer, conv = null) {
     $("app").dataset.view = peer ? "chat" : "list";
     $("chat-empty").hidden = !!peer;
     $("chat-view").hidden = !peer;
@@ -284,11 +288,16 @@ export class UI {
       $("jump-bottom").hidden = true;
       this.setChatError("");
       this.setHistoryStatus("");
-      $("chat-title").textContent = peer;
       $("composer-input").value = "";
       this.autosize();
       this.renderedPeer = peer;
     }
+    this.setChatTitle(conv);
+  }
+
+  setChatTitle(conv) {
+    if (!conv || conv.peer !== this.renderedPeer) return;
+    $("chat-title").textContent = conv.isGroup ? conv.name || "Group" : conv.peer;
   }
 
   focusComposer() {
@@ -337,8 +346,9 @@ export class UI {
       conv.messages,
       this.messageEls,
       (m) => m.key,
-      (m) => this.createMessage(m),
-      (node, m) => this.updateMessage(node, m, store.statusOf(m)),
+      (m) => this.createMessage(m, conv.isGroup),
+      (node, m) =>
+        this.updateMessage(node, m, store.statusOf(m), conv.isGroup ? store.readBy(m) : null),
     );
 
     const lastKeyAfter = $("message-items").lastElementChild?.dataset.key;
@@ -350,7 +360,12 @@ export class UI {
     }
   }
 
-  createMessage(m) {
+  createMessage(m, inGroup = false) {
+    if (m.system) {
+      const line = h("div", { class: "msg system", "data-key": m.key }, h("p", { class: "body" }));
+      line.querySelector(".body").textContent = m.body;
+      return line;
+    }
     const node = h(
       "div",
       { class: `msg ${m.outgoing ? "out" : "in"}`, "data-key": m.key },
@@ -369,19 +384,27 @@ export class UI {
     );
     node.querySelector(".body").textContent = m.body;
     node.querySelector(".sender").textContent = m.outgoing ? "You: " : `${m.from}: `;
+    if (inGroup && !m.outgoing) {
+      // In a group every message names its author (for everyone, not only screen readers).
+      const author = h("span", { class: "author", "aria-hidden": "true" });
+      author.textContent = m.from;
+      node.querySelector(".bubble").prepend(author);
+    }
     if (m.client_id) node.dataset.clientId = m.client_id;
     return node;
   }
 
-  updateMessage(node, m, status) {
+  updateMessage(node, m, status, readBy = null) {
     if (m.seq != null) node.dataset.seq = String(m.seq);
     const time = node.querySelector(".time");
+    if (!time) return; // a membership line
     const stamp = formatTime(m.ts);
     if (time.textContent !== stamp) {
       time.textContent = stamp;
       time.dateTime = new Date(m.ts).toISOString();
     }
     if (!m.outgoing) return;
+    if (readBy !== null) this.renderReadBy(node, readBy);
     const unchanged = node.dataset.status === status;
     if (unchanged && (status !== "failed" || node.querySelector(".failure"))) return;
     node.dataset.status = status;
@@ -409,9 +432,24 @@ export class UI {
     }
   }
 
+  /** "Read by bob, carol" under our own group message (groups of up to 100 get receipts). */
+  renderReadBy(node, names) {
+    const text = names.length ? `Read by ${names.join(", ")}` : "";
+    let line = node.querySelector(".read-by");
+    if (!text) {
+      line?.remove();
+      return;
+    }
+    if (!line) {
+      line = h("p", { class: "read-by" });
+      node.querySelector(".bubble").append(line);
+    }
+    if (line.textContent !== text) line.textContent = text;
+  }
+
   renderTyping(conv) {
     const typing = conv && conv.peer === this.renderedPeer && conv.typingUntil > Date.now();
-    const text = typing ? `${conv.peer} is typing\u2026` : "";
+    const text = typing ? `${conv.typingWho || conv.peer} is typing\u2026` : "";
     if ($("typing").textContent !== text) $("typing").textContent = text;
   }
 }

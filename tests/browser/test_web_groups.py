@@ -1,0 +1,130 @@
+"""Groups in the web app as three people use them: creating one, chatting with authors
+shown, group typing, who has read a message, adding and removing members, and a removed
+member who stops getting messages."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from web_harness import TIMEOUT_MS, log_in, new_username, screenshot, send, wait_connected
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+    from web_harness import CourierServer, NewContext
+
+
+def texts(page: Page) -> list[str]:
+    """Message bodies of the open chat (membership lines left out), top to bottom."""
+    found: list[str] = page.eval_on_selector_all(
+        "#message-items .msg:not(.system) .body", "nodes => nodes.map(n => n.textContent)"
+    )
+    return found
+
+
+def system_lines(page: Page) -> list[str]:
+    found: list[str] = page.eval_on_selector_all(
+        "#message-items .msg.system .body", "nodes => nodes.map(n => n.textContent)"
+    )
+    return found
+
+
+def wait_text(page: Page, text: str, where: str = "#message-items") -> None:
+    page.wait_for_function(
+        "([where, text]) => document.querySelector(where).textContent.includes(text)",
+        arg=[where, text],
+        timeout=TIMEOUT_MS,
+    )
+
+
+def open_group(page: Page, name: str) -> None:
+    page.click(f'#conversations .conv-peer:text-is("{name}")')
+    page.wait_for_function(
+        "name => document.getElementById('chat-title').textContent === name",
+        arg=name,
+        timeout=TIMEOUT_MS,
+    )
+
+
+def test_three_people_in_a_group(courier_server: CourierServer, new_context: NewContext) -> None:
+    alice, bob, carol, dave = (new_username(p) for p in ("alice", "bob", "carol", "dave"))
+    for name in (bob, carol, dave):
+        courier_server.register(name)
+    pages = {}
+    for name, phone in ((alice, False), (bob, False), (carol, True)):
+        page = new_context(phone=phone).new_page()
+        log_in(page, courier_server.url, name, register=name == alice)
+        wait_connected(page, transport="ws")
+        pages[name] = page
+    a, b, c = pages[alice], pages[bob], pages[carol]
+
+    # Alice creates the group from the sidebar.
+    a.click("#new-group-box summary")
+    a.fill("#new-group-name", "Weekend trip")
+    a.fill("#new-group-members", f"{bob}, {carol}")
+    a.click('#new-group button[type="submit"]')
+    a.wait_for_function(
+        "() => document.getElementById('chat-title').textContent === 'Weekend trip'"
+    )
+    wait_text(a, "created the group")
+    send(a, "Who brings the tent?")
+
+    # Bob and Carol find it in their lists, with its last message and who wrote it.
+    for page in (b, c):
+        page.wait_for_selector('#conversations .conv-peer:text-is("Weekend trip")')
+        wait_text(page, f"{alice}: Who brings the tent?", "#conversations")
+    open_group(b, "Weekend trip")
+    open_group(c, "Weekend trip")
+    wait_text(b, "Who brings the tent?")
+    assert b.text_content("#message-items .msg.in .author") == alice
+
+    # Carol types; Alice and Bob see who.
+    c.type("#composer-input", "Me")
+    for page in (a, b):
+        page.wait_for_function(
+            "who => document.getElementById('typing').textContent.includes(who)", arg=carol
+        )
+    c.fill("#composer-input", "Me! I have one")
+    c.press("#composer-input", "Enter")
+    wait_text(a, "Me! I have one")
+    wait_text(b, "Me! I have one")
+
+    # Both read it: Alice sees who.
+    a.wait_for_function(
+        """names => [...document.querySelectorAll('#message-items .msg.out .read-by')]
+            .some(n => names.every(x => n.textContent.includes(x)))""",
+        arg=[bob, carol],
+        timeout=TIMEOUT_MS,
+    )
+    screenshot(a, "group-chat")
+    screenshot(c, "group-chat-phone")
+
+    # Alice opens the members, adds Dave and removes Carol.
+    a.click("#members-toggle")
+    a.wait_for_selector("#group-panel:not([hidden])")
+    a.fill("#add-member-name", dave)
+    a.press("#add-member-name", "Enter")
+    wait_text(a, dave, "#group-members")
+    wait_text(a, f"{alice} added {dave}")
+    a.click(f'#group-members button[data-remove="{carol}"]')
+    wait_text(a, f"{alice} removed {carol}")
+    a.wait_for_function(
+        "who => !document.getElementById('group-members').textContent.includes(who)", arg=carol
+    )
+    assert "Members (3)" in a.text_content("#members-toggle")
+    screenshot(a, "group-members")
+
+    # Carol learns she was removed, cannot write, and gets nothing after.
+    wait_text(c, f"{alice} removed {carol}")
+    c.wait_for_selector("#composer-input[disabled]")
+    send(a, "Dave, welcome aboard")
+    wait_text(b, "Dave, welcome aboard")
+    c.wait_for_timeout(500)
+    assert "Dave, welcome aboard" not in texts(c)
+    assert texts(c) == ["Who brings the tent?", "Me! I have one"]
+    assert system_lines(b)[-2:] == [f"{alice} added {dave}", f"{alice} removed {carol}"]
+
+    # Bob leaves by himself; Alice sees it.
+    b.click("#members-toggle")
+    b.once("dialog", lambda dialog: dialog.accept())
+    b.click("#leave-group")
+    wait_text(a, f"{bob} left")

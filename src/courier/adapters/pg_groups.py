@@ -72,6 +72,9 @@ class PgGroups:
     def __init__(self, store: PgStore) -> None:
         self.store = store
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # A sender's group sends take their gseqs in the order they were submitted (sends
+        # pipelined on one connection are stored in order): each waits for the one before.
+        self._tails: dict[str, asyncio.Future[None]] = {}
 
     # ---- reads --------------------------------------------------------------------------
     async def get_group(self, gid: str) -> G.GroupState | None:
@@ -304,7 +307,17 @@ class PgGroups:
             await self._record(conn, [record])
             return record
 
-        record = await self._on_group_server(gid, decide)
+        before = self._tails.get(sender)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tails[sender] = mine
+        try:
+            if before is not None:
+                await asyncio.shield(before)
+            record = await self._on_group_server(gid, decide)
+        finally:
+            mine.set_result(None)
+            if self._tails.get(sender) is mine:
+                del self._tails[sender]
         if record is None:
             await self.complete_pending(self.store.server_of(gid), gid=gid, age_ms=0)
             return await self._original(sender, op.client_id)

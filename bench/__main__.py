@@ -25,13 +25,14 @@ from bench import (
     w3_idle,
     w4_history,
     w5_rate,
+    w6_fanout,
 )
 from bench.common import Result, Settings, Target, console
 from bench.report import emit, median_of, write_summary
 from bench.server import ServerProcess, raise_fd_limit
 
-ORDER = ["W1", "W1C", "W2", "W3", "W3C", "W5", "R1", "S1", "S1P", "W4"]
-OWN_SERVER = {"R1"}  # kills and restarts the server it runs against: never with --url
+ORDER = ["W1", "W1C", "W2", "W3", "W3C", "W5", "W6", "R1", "S1", "S1P", "W4"]
+OWN_SERVER = {"R1", "W6"}  # kills and restarts the server it runs against: never with --url
 CLUSTER_RUNS: dict[str, Callable[[Settings], Awaitable[Result]]] = {
     "W1C": w1_cluster.run,
     "W3C": w3_cluster.run,
@@ -115,6 +116,8 @@ async def run_once(name: str, settings: Settings, url: str | None, pid: int | No
         return await w4_history.run(settings, Target(url, pid) if url else None)
     if name == "R1":
         return await r1_storm.run(settings)
+    if name == "W6":
+        return await w6_fanout.run(settings)
     if name in CLUSTER_RUNS:
         return await CLUSTER_RUNS[name](settings)
     run = SOCKET_RUNS[name]

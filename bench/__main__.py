@@ -31,11 +31,12 @@ from bench.common import Result, Settings, Target, console
 from bench.report import emit, median_of, write_summary
 from bench.server import ServerProcess, raise_fd_limit
 
-ORDER = ["W1", "W1C", "W2", "W3", "W3C", "W5", "W6", "R1", "S1", "S1P", "W4"]
+ORDER = ["W1", "W1C", "W2", "W3", "W3C", "W5", "W6", "W6C", "R1", "S1", "S1P", "W4"]
 OWN_SERVER = {"R1", "W6"}  # kills and restarts the server it runs against: never with --url
 CLUSTER_RUNS: dict[str, Callable[[Settings], Awaitable[Result]]] = {
     "W1C": w1_cluster.run,
     "W3C": w3_cluster.run,
+    "W6C": w6_fanout.run_cluster,
 }
 SOCKET_RUNS: dict[str, Callable[[Settings, Target], Awaitable[Result]]] = {
     "W1": w1_pairs.run,

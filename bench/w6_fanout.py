@@ -144,7 +144,11 @@ async def _create_group(url: str, owner_token: str, members: list[str]) -> str:
 
 
 async def run_against(
-    settings: Settings, target: Target, data_dir: Path | None, label: str = "W6"
+    settings: Settings,
+    target: Target,
+    data_dir: Path | None,
+    label: str = "W6",
+    urls: list[str] | None = None,
 ) -> Result:
     members_n, count = (100, 50) if settings.quick else (500, 200)
     drivers = max(2, settings.w1_drivers)
@@ -153,9 +157,10 @@ async def run_against(
     senders = names[:SENDERS]
     parts = [names[i::drivers] for i in range(drivers)]
     total = SENDERS * count
+    urls = urls or [target.url]
     jobs = [
         {
-            "url": target.url,
+            "url": urls[i % len(urls)],
             "gid": gid,
             "count": count,
             "total": total,
@@ -163,7 +168,7 @@ async def run_against(
             "senders": [n for n in senders if n in part],
             "budget_s": 240,
         }
-        for part in parts
+        for i, part in enumerate(parts)
     ]
     meter = CpuMeter(target)
     before = dir_bytes(data_dir) if data_dir is not None else None
@@ -232,3 +237,17 @@ async def run(settings: Settings) -> Result:
         finally:
             code = await asyncio.to_thread(server.stop)
             console.log(f"W6: server stopped (exit {code})")
+
+
+async def run_cluster(settings: Settings) -> Result:
+    """W6C: the same over 2 cluster nodes; the members' connections alternate between them,
+    so every group message reaches each node once through NATS."""
+    from bench.cluster import local_cluster
+
+    with local_cluster(2, settings.out_dir / "cluster-W6C") as cluster:
+        result = await run_against(
+            settings, cluster.target(), None, label="W6C", urls=list(cluster.urls)
+        )
+    result["nodes"] = 2
+    result["adapters"] = "postgres x2, nats, redis"
+    return result

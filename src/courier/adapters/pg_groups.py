@@ -362,12 +362,21 @@ class PgGroups:
         order = sorted(by_server, key=lambda s: (s != first, s))
         seqs: dict[str, int] = {}
         author_seq = 0
+        missed = False
         async with self._locks[record.gid]:
             for server in order:
-                got = await self._apply(server, record, by_server[server], author_seq)
+                try:
+                    got = await self._apply(server, record, by_server[server], author_seq)
+                except CourierError as exc:
+                    if server == first or exc.status != 503:
+                        raise
+                    missed = True  # that server is away: the record stays for a later round
+                    continue
                 seqs.update(got)
                 if server == first and record.kind == KIND_GROUP_IN:
                     author_seq = got.get(record.author, 0)
+            if missed:
+                return seqs
             await store._fetch(
                 store.server_of(record.gid),
                 "DELETE FROM group_fanout WHERE shard = $1 AND gid = $2 AND gseq = $3",

@@ -9,7 +9,15 @@ from typing import Any, Protocol
 import msgspec
 
 from courier.domain.groups import GroupState
-from courier.domain.ops import Conversation, SessionRecord, TokenRecord, UserRecord, WriteOp
+from courier.domain.ops import (
+    Conversation,
+    GroupFanout,
+    Published,
+    SessionRecord,
+    TokenRecord,
+    UserRecord,
+    WriteOp,
+)
 
 
 class Store(Protocol):
@@ -61,6 +69,11 @@ class Store(Protocol):
 
     async def get_group(self, gid: str) -> GroupState | None: ...
 
+    def set_fanout_sink(self, sink: FanoutSink) -> None:
+        """Where a store hands group events it completed later than their send (a cluster
+        store finishing a fan-out record a dead node left): the caller pushes them."""
+        ...
+
     async def user_groups(self, user: str, limit: int) -> list[GroupState]:
         """The groups `user` is a member of, at most `limit`, in id order."""
         ...
@@ -74,6 +87,9 @@ class Store(Protocol):
     ) -> list[tuple[int, bytes]]:
         """Messages with `peer` in `user`'s timeline with seq < before, newest first."""
         ...
+
+
+FanoutSink = Callable[[GroupFanout | tuple[Published, ...]], None]
 
 
 class Envelope(msgspec.Struct, array_like=True, frozen=True):

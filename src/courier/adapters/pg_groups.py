@@ -42,6 +42,7 @@ from courier.domain.ops import (
     SendResult,
 )
 from courier.domain.shards import shard_of
+from courier.ports import FanoutSink
 
 if TYPE_CHECKING:
     from courier.adapters.pg_store import PgStore
@@ -75,6 +76,7 @@ class PgGroups:
         # A sender's group sends take their gseqs in the order they were submitted (sends
         # pipelined on one connection are stored in order): each waits for the one before.
         self._tails: dict[str, asyncio.Future[None]] = {}
+        self.sink: FanoutSink | None = None  # where later completions are pushed from
 
     # ---- reads --------------------------------------------------------------------------
     async def get_group(self, gid: str) -> G.GroupState | None:
@@ -428,8 +430,26 @@ class PgGroups:
             gid,
         )
         for r in rows:
-            await self._complete(_record_of(r))
+            record = _record_of(r)
+            seqs = await self._complete(record)
+            self._hand_over(record, seqs)
         return len(rows)
+
+    def _hand_over(self, record: Record, seqs: dict[str, int]) -> None:
+        """Events completed after their send are pushed too (clients drop what they have)."""
+        if self.sink is None or not seqs:
+            return
+        members = tuple(u for u in record.recipients if u in seqs)
+        try:
+            if record.kind == KIND_GROUP_IN:
+                fan = GroupFanout(record.gid, record.tail, members, tuple(seqs[u] for u in members))
+                self.sink(fan)
+            else:
+                self.sink(
+                    tuple(Published(u, seqs[u], with_seq(seqs[u], record.tail)) for u in members)
+                )
+        except Exception:
+            log.exception("pushing a completed group fan-out failed")
 
     async def run_recovery(self, every: float = 3.0) -> None:
         while True:

@@ -89,6 +89,7 @@ from courier.domain.ops import (
 )
 from courier.domain.shards import shard_of
 from courier.metrics import Metrics
+from courier.ports import FanoutSink
 
 log = logging.getLogger(__name__)
 
@@ -520,6 +521,9 @@ class PgStore:
 
     async def get_group(self, gid: str) -> GroupState | None:
         return await self.groups.get_group(gid)
+
+    def set_fanout_sink(self, sink: FanoutSink) -> None:
+        self.groups.sink = sink
 
     async def user_groups(self, user: str, limit: int) -> list[GroupState]:
         return await self.groups.user_groups(user, limit)

@@ -48,6 +48,7 @@ from courier.domain.ops import (
     WriteOp,
 )
 from courier.metrics import Metrics
+from courier.ports import FanoutSink
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +351,9 @@ class RocksStore:
                 if budget <= 0:
                     break
         return out
+
+    def set_fanout_sink(self, sink: FanoutSink) -> None:
+        """Nothing to hand over: a group message is in one WriteBatch, all members or none."""
 
     async def get_group(self, gid: str) -> GroupState | None:
         raw = self.db.get(K.group_key(gid))

@@ -25,6 +25,7 @@ from courier.domain.ops import (
     AppendMessage,
     AppendReceipt,
     Conversation,
+    GroupFanout,
     MarkRead,
     Published,
     SendResult,
@@ -62,6 +63,7 @@ class Delivery:
         self._send_limit = KeyedLimiter(send_rate, send_burst)
         self._typing_limit = KeyedLimiter(typing_rate, typing_burst)
         self._ids = IdGenerator()
+        store.set_fanout_sink(self._late_fanout)
 
     @property
     def body_max_chars(self) -> int:
@@ -147,6 +149,18 @@ class Delivery:
 
     def _publish(self, pub: Published, *, skip: str = "", t0: float = 0.0) -> None:
         self._broker.publish(Envelope(pub.user, EVENT, pub.seq, pub.data, skip, t0))
+
+    def _late_fanout(self, done: GroupFanout | tuple[Published, ...]) -> None:
+        """A group event the store completed after its send (a fan-out a dead node left)."""
+        if isinstance(done, GroupFanout):
+            if self._recent is not None:
+                for user in done.members:
+                    self._recent.invalidate(user)
+            self._broker.publish(
+                Envelope(done.group, GROUP, 0, done.tail, "", 0.0, done.members, done.seqs)
+            )
+        else:
+            self.publish_all(done)
 
     def new_id(self, ts: int) -> str:
         return self._ids.new(ts)

@@ -106,3 +106,24 @@ async def test_a_later_record_waits_for_the_earlier_ones_of_its_group(store: PgS
     for user in members:
         rows = await store.events_after(user, 0, 100)
         assert rows[-1][0] == seqs[user]
+
+
+async def test_a_record_completed_later_is_handed_over_to_be_pushed(dsns: list[str]) -> None:
+    store = PgStore(dsns)
+    await store.open()
+    members = await group_on_both(store)
+    await send_then_die(store, 7, members[2])
+    await store.close()
+
+    handed: list[Any] = []
+    fresh = PgStore(dsns)
+    fresh.set_fanout_sink(handed.append)  # as the delivery service does, before open
+    await fresh.open()
+    try:
+        [fanout] = handed
+        assert fanout.group == GID and set(fanout.members) == set(members)
+        for user, seq in zip(fanout.members, fanout.seqs, strict=True):
+            rows = await fresh.events_after(user, seq - 1, 1)
+            assert rows and json.loads(rows[0][1])["body"] == "m7"
+    finally:
+        await fresh.close()

@@ -96,6 +96,19 @@ async def _drive(job: dict[str, Any], link: WorkerLink) -> Result:
             sent_ns[cid] = time.perf_counter_ns()
             sockets[name].send_text(msgspec.json.encode(frame))
 
+    acked: dict[str, int] = {}
+
+    async def ack_now_and_then() -> None:
+        """Members acknowledge what they got, coalesced every 100 ms, as clients do (the web
+        app after 150 ms, the SDK per batch): acks are part of a group's cost."""
+        while True:
+            await asyncio.sleep(0.1)
+            for name, frames in got.items():
+                if frames and frames[-1][0] > acked.get(name, 0):
+                    acked[name] = frames[-1][0]
+                    sockets[name].send_text(b'{"type":"ack","seq":%d}' % acked[name])
+
+    acks = asyncio.create_task(ack_now_and_then())
     tasks = [asyncio.create_task(send_all(n)) for n in senders if n in sockets]
     timed_out = False
     try:
@@ -105,6 +118,7 @@ async def _drive(job: dict[str, Any], link: WorkerLink) -> Result:
                 await done.wait()
     except TimeoutError:
         timed_out = True
+    acks.cancel()
     lost = dup = reordered = 0
     for name, frames in got.items():
         cids = [c for _, c in frames]

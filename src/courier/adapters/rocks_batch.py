@@ -397,7 +397,9 @@ class Batch(GroupOps):
                 continue
             for flags, author_seq, author in log_authors(self.db, gid, first, last, budget):
                 budget -= 1
-                if flags & K.LOG_RECEIPTS and author != user:
+                if not flags & K.LOG_RECEIPTS:
+                    break  # a group too large for receipts (newest first: older too)
+                if author != user:
                     newest[author] = max(newest.get(author, 0), author_seq)
             if budget <= 0:
                 break

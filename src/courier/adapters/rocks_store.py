@@ -345,6 +345,8 @@ class RocksStore:
             for gid, first, last in reversed(T.run_ranges(self.db, user, after + 1, up_to, head)):
                 for flags, author_seq, author in T.log_authors(self.db, gid, first, last, budget):
                     budget -= 1
+                    if not flags & K.LOG_RECEIPTS:
+                        break  # a group too large for receipts (newest first: older too)
                     better = author_seq > out.get((author, gid), 0)
                     if flags & K.LOG_RECEIPTS and author != user and better:
                         out[(author, gid)] = author_seq

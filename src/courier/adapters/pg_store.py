@@ -105,6 +105,7 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
 # Errors of a batch that raced another node's batch: the same batch again sees its result.
 _RACES = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
 _NO_SEQ = (1 << 63) - 1
+GROUP_SIZE_TTL = 5.0  # seconds a group's member count is remembered (receipts or not)
 # The writer only looks rows up by key. Statistics of tables that grow by thousands of rows a
 # second are always stale, and a planner that believes a table small picks a hash join over a
 # full scan of it; on this connection, key lookups are the only plan.
@@ -313,6 +314,7 @@ class PgStore:
         self._map_refresh = map_refresh
         self._follower: MapFollower | None = None
         self.groups = PgGroups(self)
+        self._sizes: dict[str, tuple[int, float]] = {}
         self._recovery: asyncio.Task[None] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -501,8 +503,7 @@ class PgStore:
         done: asyncio.Future[Any] = self._loop.create_future()
         self._route(op, done)
         await done
-        state = await self.groups.get_group(op.peer)
-        if state is None or len(state.members) > RECEIPTS_MAX_MEMBERS:
+        if await self._group_size(op.peer) > RECEIPTS_MAX_MEMBERS:
             return ()
         floor = before[0] if before is not None and before[0] < op.seq else max(op.seq - 50, 0)
         rows = await self._fetch(
@@ -816,14 +817,24 @@ class PgStore:
             up_to,
             KIND_GROUP_IN,
         )
-        sizes: dict[str, int] = {}
         for author, gid, seq in groups:
-            if gid not in sizes:
-                state = await self.groups.get_group(gid)
-                sizes[gid] = RECEIPTS_MAX_MEMBERS + 1 if state is None else len(state.members)
-            if sizes[gid] <= RECEIPTS_MAX_MEMBERS:
+            if await self._group_size(gid) <= RECEIPTS_MAX_MEMBERS:
                 summary[(author, gid)] = seq
         return summary
+
+    async def _group_size(self, gid: str) -> int:
+        """A group's member count, remembered for a few seconds: every member's ack asks,
+        and a large group's answer (no receipts) does not need to be fresher than that."""
+        now = time.monotonic()
+        known = self._sizes.get(gid)
+        if known is not None and now - known[1] < GROUP_SIZE_TTL:
+            return known[0]
+        state = await self.groups.get_group(gid)
+        size = RECEIPTS_MAX_MEMBERS + 1 if state is None else len(state.members)
+        if len(self._sizes) > 10_000:
+            self._sizes.clear()
+        self._sizes[gid] = (size, now)
+        return size
 
     async def _counterparts(self, sender: str, client_ids: Iterable[str]) -> dict[str, int]:
         """Seqs of `sender`'s outgoing copies by client_id, read on the sender's server."""

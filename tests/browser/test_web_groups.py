@@ -143,6 +143,9 @@ def test_three_people_in_a_group(courier_server: CourierServer, new_context: New
     assert roles == [f"{alice} owner", f"{bob} member", f"{dave} member"]
     screenshot(a, "group-members")
     assert_accessible(a, "the members panel of the owner")
+    a.emulate_media(color_scheme="dark")
+    assert_accessible(a, "the members panel of the owner, dark theme")
+    a.emulate_media(color_scheme="light")
 
     # Bob is a plain member: he sees the members and roles, not the controls.
     b.click("#members-toggle")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 from web_harness import (
     XSS_BODY,
+    accessibility_violations,
     log_in,
     message_texts,
     new_username,
@@ -31,6 +32,9 @@ def test_two_people_chat_both_ways(courier_server: CourierServer, new_context: N
     courier_server.register(bob)
     alice_page = new_context().new_page()
     bob_page = new_context(phone=True).new_page()
+    alice_page.goto(courier_server.url + "/")
+    alice_page.wait_for_selector("#login-form", state="visible")
+    assert accessibility_violations(alice_page) == [], "the login form"
     log_in(alice_page, courier_server.url, alice, register=True)
     log_in(bob_page, courier_server.url, bob)
     wait_connected(alice_page, transport="ws")
@@ -72,6 +76,10 @@ def test_two_people_chat_both_ways(courier_server: CourierServer, new_context: N
     )
     screenshot(alice_page, "two-way-chat")
     screenshot(bob_page, "two-way-chat-phone")
+    assert accessibility_violations(alice_page) == [], "a chat"
+    assert accessibility_violations(bob_page) == [], "a chat on a phone"
+    alice_page.emulate_media(color_scheme="dark")
+    assert accessibility_violations(alice_page) == [], "a chat in the dark theme"
 
 
 def test_message_sent_while_away_appears_on_return(

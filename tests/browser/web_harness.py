@@ -63,12 +63,16 @@ class CourierServer(ServerProcess):
         token: str = answer["token"]
         return token
 
-    def send(self, token: str, to: str, body: str, client_id: str) -> None:
-        """POST /v1/messages, waiting out the per-user send rate limit (429) like a client."""
+    def send(
+        self, token: str, to: str | None, body: str, client_id: str, group: str | None = None
+    ) -> None:
+        """POST /v1/messages (to a user, or to a ``group``), waiting out the per-user send
+        rate limit (429) like a client."""
+        target = {"group": group} if group is not None else {"to": to}
         for _ in range(100):
             try:
                 self.call(
-                    "POST", "/v1/messages", {"to": to, "body": body, "client_id": client_id}, token
+                    "POST", "/v1/messages", {**target, "body": body, "client_id": client_id}, token
                 )
                 return
             except urllib.error.HTTPError as exc:
@@ -117,6 +121,27 @@ def chromium_problem() -> str | None:
 
 
 # ---- page actions -------------------------------------------------------------------------
+
+
+def accessibility_violations(page: Page, context: str | None = None) -> list[str]:
+    """axe-core's WCAG 2.1 A/AA violations on the page as it is now (or inside the
+    ``context`` selector), one readable line each: rule, impact and the nodes at fault.
+    axe is injected through the debugging protocol, so the page's CSP stays as strict."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    options = {
+        "resultTypes": ["violations"],
+        "runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
+    }
+    results = Axe().run(page, context=context, options=options)
+    found: list[str] = []
+    for violation in results.response["violations"]:
+        nodes = "; ".join(
+            " ".join(node["target"]) + ": " + node.get("failureSummary", "").replace("\n", " ")
+            for node in violation["nodes"][:5]
+        )
+        found.append(f"{violation['id']} ({violation['impact']}): {nodes}")
+    return found
 
 
 def screenshot(page: Page, name: str) -> Path:

@@ -326,6 +326,8 @@ async def _group_chat(url: str, token: str | None, gid: str, history_size: int) 
                     continue
                 if isinstance(event, GroupChange) and event.group == gid and event.seq > shown:
                     _say(f"* {describe_change(event)}")
+                    if event.member == client.username and event.action in ("removed", "left"):
+                        return  # no longer a member: nothing more will come, nothing can go
                     continue
                 if not isinstance(event, Message) or event.group != gid or event.seq <= shown:
                     continue
@@ -357,8 +359,11 @@ async def _group_chat(url: str, token: str | None, gid: str, history_size: int) 
 
 
 async def _group(args: argparse.Namespace) -> int:
-    """`courier group ACTION ...`: create, list, members, add, remove, leave, rename, send."""
+    """`courier group ACTION ...`: create, list, members, add, remove, leave, rename, send,
+    open."""
     url, token = resolve(args)
+    if args.action == "open" and len(args.args) == 1:
+        return await _group_chat(url, token, args.args[0], args.history)
     async with Client(url, token) as client:
         action, rest = args.action, args.args
         if action == "create" and rest:
@@ -459,13 +464,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "group",
         parents=[auth],
         help="groups: create NAME [USER...], list, members GID, add GID USER [ROLE],"
-        " remove GID USER, leave GID, rename GID NAME, send GID TEXT...",
+        " remove GID USER, leave GID, rename GID NAME, send GID TEXT..., open GID",
     )
-    group.add_argument(
-        "action", choices=["create", "list", "members", "add", "remove", "leave", "rename", "send"]
-    )
+    actions = ["create", "list", "members", "add", "remove", "leave", "rename", "send", "open"]
+    group.add_argument("action", choices=actions)
     group.add_argument("args", nargs="*", help="the action's arguments")
     group.add_argument("--username", help="who leaves (default: the logged-in user)")
+    group.add_argument("--history", type=int, default=20, help="open: messages of history")
     group.set_defaults(func=_command(_group))
 
 

@@ -134,10 +134,14 @@ export class Api {
     return this.request("GET", `/v1/groups/${encodeURIComponent(gid)}`);
   }
 
-  addMember(gid, username) {
+  addMember(gid, username, role = "member") {
     return this.request("POST", `/v1/groups/${encodeURIComponent(gid)}/members`, {
-      body: { username },
+      body: { username, role },
     });
+  }
+
+  renameGroup(gid, name) {
+    return this.request("PATCH", `/v1/groups/${encodeURIComponent(gid)}`, { body: { name } });
   }
 
   removeMember(gid, username) {

@@ -51,7 +51,9 @@ const ui = new UI({
 
 const groups = new GroupPanel({
   createGroup,
-  addMember: (gid, name) => changeMembers(gid, () => api.addMember(gid, name), true),
+  addMember: (gid, name, role) =>
+    changeMembers(gid, () => api.addMember(gid, name, role), true),
+  renameGroup,
   removeMember: (gid, name) => changeMembers(gid, () => api.removeMember(gid, name)),
   leaveGroup: (gid) => changeMembers(gid, () => api.removeMember(gid, store.me)),
 });
@@ -344,7 +346,7 @@ function render() {
   if (current) {
     const conv = store.conversation(current);
     ui.renderMessages(store, conv);
-    ui.renderTyping(conv);
+    ui.renderTyping(store, conv);
     maybeMarkRead();
     fillScreen(conv);
   }
@@ -390,7 +392,7 @@ async function loadGroup(conv) {
   try {
     conv.group = await api.group(conv.peer);
     if (store !== myStore) return;
-    conv.name = conv.group.name;
+    store.setName(conv, conv.group.name, store.lastSeq ?? 0);
     conv.member = true;
   } catch (err) {
     if (store !== myStore) return;
@@ -424,7 +426,7 @@ async function createGroup(name, members) {
   try {
     const group = await api.createGroup(name, members);
     const conv = store.conversation(group.id);
-    conv.name = group.name;
+    store.setName(conv, group.name, store.lastSeq ?? 0);
     conv.group = group;
     groups.resetNewGroup();
     location.hash = `#/chat/${encodeURIComponent(group.id)}`;
@@ -437,6 +439,16 @@ async function createGroup(name, members) {
       groups.setNewGroupError("Can't reach the server. Try again.");
     }
   }
+}
+
+async function renameGroup(gid, name) {
+  if (!name) {
+    groups.setError("Give the group a name.");
+    return;
+  }
+  const conv = store.conversation(gid);
+  if (name === conv.name) return;
+  await changeMembers(gid, () => api.renameGroup(gid, name));
 }
 
 async function changeMembers(gid, call, clearInput = false) {

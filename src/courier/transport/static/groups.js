@@ -1,9 +1,9 @@
-// The group side of the chat view: the members panel (roles, add, remove, leave) and the
-// "New group" form. Rendering and DOM events only; app.js does the calls.
+// The group side of the chat view: the members panel (roles, add, remove, rename, leave)
+// and the "New group" form. Rendering and DOM events only; app.js does the calls.
 
 const $ = (id) => document.getElementById(id);
 
-const ROLE_LABEL = { owner: "owner", admin: "admin", member: "" };
+const ROLE_ORDER = { owner: 0, admin: 1, member: 2 };
 
 export class GroupPanel {
   constructor(handlers) {
@@ -13,7 +13,11 @@ export class GroupPanel {
     $("add-member").addEventListener("submit", (e) => {
       e.preventDefault();
       const name = $("add-member-name").value.trim().toLowerCase();
-      if (name) this.on.addMember(this.gid, name);
+      if (name) this.on.addMember(this.gid, name, $("add-member-role").value);
+    });
+    $("rename-group").addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.on.renameGroup(this.gid, $("rename-group-name").value.trim());
     });
     $("leave-group").addEventListener("click", () => {
       if (window.confirm("Leave this group? You will stop getting its messages.")) {
@@ -59,23 +63,25 @@ export class GroupPanel {
     $("group-error").textContent = text || "";
   }
 
-  /** The members of `group` as `me` may act on them. */
+  /** The members of `group` (owner, admins, then members) as `me` may act on them. */
   render(group, me, isMember) {
     if (!group || group.id !== this.gid) return;
     const mine = group.members.find((m) => m.username === me);
     const canManage = !!mine && mine.role !== "member";
-    const items = group.members.map((m) => {
+    const members = [...group.members].sort(
+      (a, b) => ROLE_ORDER[a.role] - ROLE_ORDER[b.role],
+    );
+    const items = members.map((m) => {
       const li = document.createElement("li");
+      li.dataset.member = m.username;
       const name = document.createElement("span");
       name.className = "member-name";
       name.textContent = m.username === me ? `${m.username} (you)` : m.username;
-      li.append(name);
-      if (ROLE_LABEL[m.role]) {
-        const role = document.createElement("span");
-        role.className = "member-role";
-        role.textContent = ROLE_LABEL[m.role];
-        li.append(role);
-      }
+      const role = document.createElement("span");
+      role.className = "member-role";
+      role.dataset.role = m.role;
+      role.textContent = m.role;
+      li.append(name, role);
       const removable =
         canManage && m.username !== me && m.role !== "owner" &&
         (m.role !== "admin" || mine.role === "owner");
@@ -93,11 +99,19 @@ export class GroupPanel {
     $("group-members").replaceChildren(...items);
     $("members-toggle").textContent = `Members (${group.members.length})`;
     $("add-member").hidden = !canManage;
+    $("rename-group").hidden = !canManage;
+    // Only the owner names admins; an admin adds members.
+    $("add-member-role").hidden = !mine || mine.role !== "owner";
+    if (mine && mine.role !== "owner") $("add-member-role").value = "member";
+    // Keep what is being typed; show the current name otherwise.
+    const input = $("rename-group-name");
+    if (document.activeElement !== input) input.value = group.name;
     $("leave-group").hidden = !isMember;
   }
 
   clearAddInput() {
     $("add-member-name").value = "";
+    $("add-member-role").value = "member";
   }
 
   setNewGroupError(text) {

@@ -88,7 +88,10 @@ export class Conversation {
     this.name = this.isGroup ? "" : peer;
     this.group = null; // the group object (members, roles) once loaded
     this.member = true; // false once we were removed or left
-    this.typingWho = "";
+    // The seq of the newest event the name came from: an older one (history, a replay)
+    // does not bring back an old name.
+    this.nameSeq = 0;
+    this.typers = new Map(); // who -> until (ms), for the group's "bob is typing…"
     this.messages = [];
     this.bySeq = new Map();
     this.byClientId = new Map();
@@ -100,7 +103,6 @@ export class Conversation {
     this.readSent = 0;
     // Incoming seqs up to here are already in `unread` (the server's count or our own).
     this.countedUpTo = 0;
-    this.typingUntil = 0;
     this.error = null;
   }
 
@@ -224,11 +226,15 @@ export class Store {
     return n;
   }
 
-  /** The server's conversation list: authoritative for unread counts. */
+  /** The server's conversation list: authoritative for unread counts and group names. */
   applyConversations(list) {
+    let head = 0;
+    for (const item of list) {
+      if (item.last && typeof item.last.seq === "number") head = Math.max(head, item.last.seq);
+    }
     for (const item of list) {
       const conv = this.conversation(item.group || item.peer);
-      if (item.group && item.name) conv.name = item.name;
+      if (item.group && item.name) this.setName(conv, item.name, head);
       if (item.last) {
         this.addEvent(item.last, { quiet: true });
         if (typeof item.last.seq === "number") {
@@ -245,10 +251,17 @@ export class Store {
     return ev.from === this.me ? ev.to : ev.from;
   }
 
+  /** Name a group as of timeline `seq`, unless a newer name is known. */
+  setName(conv, name, seq) {
+    if (!name || seq < conv.nameSeq) return;
+    conv.name = name;
+    conv.nameSeq = seq;
+  }
+
   /** A membership event: a line in the group's conversation; keeps its name and our place. */
   addChange(ev, { quiet = false } = {}) {
     const conv = this.conversation(ev.group);
-    if (ev.name) conv.name = ev.name;
+    this.setName(conv, ev.name, ev.seq ?? Infinity);
     if (ev.member === this.me && (ev.action === "removed" || ev.action === "left")) {
       conv.member = false;
     } else if (ev.action === "created" || (ev.action === "added" && ev.member === this.me)) {
@@ -320,7 +333,9 @@ export class Store {
       order: localOrder++,
     };
     conv.insert(msg);
-    if (!outgoing) conv.typingUntil = 0;
+    if (!outgoing) {
+      conv.typers.delete(ev.from);
+    }
     if (!quiet) this.emit("messages", peer);
     return { conv, added: true, incoming: !outgoing };
   }
@@ -456,10 +471,20 @@ export class Store {
     return "sent";
   }
 
+  /** `who` types in conversation `peer` (a user, or a group) until `until` (ms). */
   setTyping(peer, until, who = "") {
     const conv = this.conversation(peer);
-    conv.typingUntil = until;
-    conv.typingWho = who || peer;
+    conv.typers.set(who || peer, until);
     this.emit("typing", peer);
+  }
+
+  /** Who is typing in `conv` at `now`, by name. */
+  typingNames(conv, now) {
+    const names = [];
+    for (const [who, until] of conv.typers) {
+      if (until > now) names.push(who);
+      else conv.typers.delete(who);
+    }
+    return names.sort();
   }
 }

@@ -447,9 +447,15 @@ export class UI {
     if (line.textContent !== text) line.textContent = text;
   }
 
-  renderTyping(conv) {
-    const typing = conv && conv.peer === this.renderedPeer && conv.typingUntil > Date.now();
-    const text = typing ? `${conv.typingWho || conv.peer} is typing\u2026` : "";
+  /** "bob is typing…", "bob and carol are typing…", "4 people are typing…". */
+  renderTyping(store, conv) {
+    let text = "";
+    if (conv && conv.peer === this.renderedPeer) {
+      const names = store.typingNames(conv, Date.now());
+      if (names.length === 1) text = `${names[0]} is typing\u2026`;
+      else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing\u2026`;
+      else if (names.length > 2) text = `${names.length} people are typing\u2026`;
+    }
     if ($("typing").textContent !== text) $("typing").textContent = text;
   }
 }

@@ -187,9 +187,11 @@ async def test_the_access_log_keeps_no_query_string(proxy: str, tmp_path: Path) 
         assert r.status == 200
     log = tmp_path / "access.log"
     lines: list[str] = []
-    for _ in range(100):  # a WebSocket's line is written once nginx has closed it
+    for _ in range(200):  # nginx writes each line once it has finished that request
         lines = log.read_text().splitlines() if log.exists() else []
-        if any("/v1/ws" in line for line in lines):
+        if any("/v1/ws" in line for line in lines) and any(
+            "/v1/conversations" in line for line in lines
+        ):
             break
         await asyncio.sleep(0.05)
     assert any('"GET /v1/ws HTTP/1.1" 101' in line for line in lines), lines

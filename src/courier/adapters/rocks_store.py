@@ -327,9 +327,16 @@ class RocksStore:
     ) -> dict[tuple[str, str], int]:
         prefix = K.timeline_prefix(user)
         it = self.db.iter()
+        # A run that starts at or before `after` may reach into the range (a later entry
+        # closed it): its entry is the one before the range.
+        it.seek_for_prev(prefix + K.pack_u64(after + 1))
+        runs = (
+            it.valid()
+            and it.key().startswith(prefix)
+            and K.parse_timeline_value(it.value())[0] == K.KIND_GROUP_RUN
+        )
         it.seek(prefix + K.pack_u64(after + 1))
         out: dict[tuple[str, str], int] = {}
-        runs = False
         while it.valid():
             key = it.key()
             if not key.startswith(prefix) or K.seq_of(key) > up_to:

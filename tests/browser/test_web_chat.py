@@ -21,6 +21,7 @@ from web_harness import (
     wait_connected,
     wait_for_message,
     wait_for_status,
+    wait_until,
 )
 
 if TYPE_CHECKING:
@@ -56,13 +57,13 @@ def test_two_people_chat_both_ways(courier_server: CourierServer, new_context: N
 
     # Bob types: Alice sees it, then sees the answer arrive live.
     bob_page.type("#composer-input", "Sure")
-    alice_page.wait_for_function(
-        "peer => document.getElementById('typing').textContent.includes(peer)", arg=bob
+    wait_until(
+        alice_page, "peer => document.getElementById('typing').textContent.includes(peer)", arg=bob
     )
     bob_page.fill("#composer-input", "Sure, see you there")
     bob_page.press("#composer-input", "Enter")
     wait_for_message(alice_page, "Sure, see you there")
-    alice_page.wait_for_function("!document.getElementById('typing').textContent")
+    wait_until(alice_page, "!document.getElementById('typing').textContent")
     send(alice_page, "Great")
     wait_for_message(bob_page, "Great")
     wait_for_status(alice_page, "Hi Bob, lunch at noon?", "read")
@@ -106,7 +107,8 @@ def test_message_sent_while_away_appears_on_return(
     bob_page.goto(courier_server.url + "/")
     wait_connected(bob_page)
     bob_page.wait_for_selector(f'#conversations li[data-peer="{alice}"]')
-    bob_page.wait_for_function(
+    wait_until(
+        bob_page,
         "peer => document.querySelector(`#conversations li[data-peer='${peer}'] .conv-unread`)"
         ".dataset.count === '2'",
         arg=alice,
@@ -206,8 +208,8 @@ def test_scrolling_up_loads_older_history(
             break
         count = len(message_texts(page))
         page.eval_on_selector("#messages", "el => { el.scrollTop = 0; }")
-        page.wait_for_function(
-            "n => document.querySelectorAll('#message-items .msg').length > n", arg=count
+        wait_until(
+            page, "n => document.querySelectorAll('#message-items .msg').length > n", arg=count
         )
         # The messages that were on screen stay there: the new page goes above them.
         assert page.eval_on_selector("#messages", "el => el.scrollTop") > 0
@@ -227,7 +229,7 @@ def test_log_out_ends_the_session(courier_server: CourierServer, new_context: Ne
     page.fill("#login-username", alice)
     page.fill("#login-password", "another password")
     page.click("#register-submit")
-    page.wait_for_function("document.getElementById('login-error').textContent.includes('taken')")
+    wait_until(page, "document.getElementById('login-error').textContent.includes('taken')")
 
     log_in(page, courier_server.url, alice)
     other_tab = context.new_page()
@@ -262,8 +264,10 @@ def test_unknown_user_is_reported(courier_server: CourierServer, new_context: Ne
 
     ghost = new_username("ghost")
     open_chat(page, ghost)
-    page.wait_for_function(
-        "ghost => document.getElementById('chat-error').textContent.includes(ghost)", arg=ghost
+    wait_until(
+        page,
+        "ghost => document.getElementById('chat-error').textContent.includes(ghost)",
+        arg=ghost,
     )
     assert page.is_disabled("#composer-input")
     screenshot(page, "unknown-user")

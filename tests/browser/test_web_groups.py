@@ -16,6 +16,7 @@ from web_harness import (
     screenshot,
     send,
     wait_connected,
+    wait_until,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ def system_lines(page: Page) -> list[str]:
 
 
 def wait_text(page: Page, text: str, where: str = "#message-items") -> None:
-    page.wait_for_function(
+    wait_until(
+        page,
         "([where, text]) => document.querySelector(where).textContent.includes(text)",
         arg=[where, text],
         timeout=TIMEOUT_MS,
@@ -48,7 +50,8 @@ def wait_text(page: Page, text: str, where: str = "#message-items") -> None:
 
 def open_group(page: Page, name: str) -> None:
     page.click(f'#conversations .conv-peer:text-is("{name}")')
-    page.wait_for_function(
+    wait_until(
+        page,
         "name => document.getElementById('chat-title').textContent === name",
         arg=name,
         timeout=TIMEOUT_MS,
@@ -78,9 +81,7 @@ def test_three_people_in_a_group(courier_server: CourierServer, new_context: New
     a.fill("#new-group-name", "Weekend trip")
     a.fill("#new-group-members", f"{bob}, {carol}")
     a.click('#new-group button[type="submit"]')
-    a.wait_for_function(
-        "() => document.getElementById('chat-title').textContent === 'Weekend trip'"
-    )
+    wait_until(a, "() => document.getElementById('chat-title').textContent === 'Weekend trip'")
     wait_text(a, "created the group")
     send(a, "Who brings the tent?")
 
@@ -96,11 +97,12 @@ def test_three_people_in_a_group(courier_server: CourierServer, new_context: New
     # Carol types; Alice and Bob see who. Then Bob types too: Alice sees both.
     c.type("#composer-input", "Me")
     for page in (a, b):
-        page.wait_for_function(
-            "who => document.getElementById('typing').textContent.includes(who)", arg=carol
+        wait_until(
+            page, "who => document.getElementById('typing').textContent.includes(who)", arg=carol
         )
     b.type("#composer-input", "I")
-    a.wait_for_function(
+    wait_until(
+        a,
         "text => document.getElementById('typing').textContent === text",
         arg=f"{bob} and {carol} are typing\u2026",
     )
@@ -111,7 +113,8 @@ def test_three_people_in_a_group(courier_server: CourierServer, new_context: New
     wait_text(b, "Me! I have one")
 
     # Both read it: Alice sees who.
-    a.wait_for_function(
+    wait_until(
+        a,
         """names => [...document.querySelectorAll('#message-items .msg.out .read-by')]
             .some(n => names.every(x => n.textContent.includes(x)))""",
         arg=[bob, carol],
@@ -131,8 +134,8 @@ def test_three_people_in_a_group(courier_server: CourierServer, new_context: New
     wait_text(a, f"{alice} added {dave}")
     a.click(f'#group-members button[data-remove="{carol}"]')
     wait_text(a, f"{alice} removed {carol}")
-    a.wait_for_function(
-        "who => !document.getElementById('group-members').textContent.includes(who)", arg=carol
+    wait_until(
+        a, "who => !document.getElementById('group-members').textContent.includes(who)", arg=carol
     )
     assert "Members (3)" in a.text_content("#members-toggle")
     roles = a.eval_on_selector_all(
@@ -149,8 +152,8 @@ def test_three_people_in_a_group(courier_server: CourierServer, new_context: New
 
     # Bob is a plain member: he sees the members and roles, not the controls.
     b.click("#members-toggle")
-    b.wait_for_function(
-        "who => document.getElementById('group-members').textContent.includes(who)", arg=dave
+    wait_until(
+        b, "who => document.getElementById('group-members').textContent.includes(who)", arg=dave
     )
     assert b.is_hidden("#add-member") and b.is_hidden("#rename-group")
     assert b.query_selector("#group-members button[data-remove]") is None
@@ -162,9 +165,9 @@ def test_three_people_in_a_group(courier_server: CourierServer, new_context: New
     a.fill("#rename-group-name", "Beach trip")
     a.press("#rename-group-name", "Enter")
     wait_text(b, f"{alice} renamed the group \u201cBeach trip\u201d")
-    b.wait_for_function("() => document.getElementById('chat-title').textContent === 'Beach trip'")
+    wait_until(b, "() => document.getElementById('chat-title').textContent === 'Beach trip'")
     b.wait_for_selector('#conversations .conv-peer:text-is("Beach trip")')
-    a.wait_for_function("() => document.getElementById('chat-title').textContent === 'Beach trip'")
+    wait_until(a, "() => document.getElementById('chat-title').textContent === 'Beach trip'")
 
     # Carol learns she was removed, cannot write, and gets nothing after.
     wait_text(c, f"{alice} removed {carol}")

@@ -18,6 +18,7 @@ from web_harness import (
     wait_connected,
     wait_for_message,
     wait_for_status,
+    wait_until,
 )
 
 if TYPE_CHECKING:
@@ -212,7 +213,7 @@ def test_outbox_survives_server_restart_exactly_once(
     ]
     assert courier_server.bodies(bob_token, alice) == expected
     assert message_texts(bob_page) == expected
-    alice_page.wait_for_function("document.querySelectorAll('#message-items .msg').length >= 5")
+    wait_until(alice_page, "document.querySelectorAll('#message-items .msg').length >= 5")
     assert message_texts(alice_page) == expected
     screenshot(alice_page, "server-restart")
 

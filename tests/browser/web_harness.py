@@ -94,6 +94,28 @@ class CourierServer(ServerProcess):
                 return bodies[::-1]
 
 
+def wait_until(page: Page, expression: str, arg: Any = None, timeout: int = TIMEOUT_MS) -> None:
+    """Wait until `expression` (or the function it names, given `arg`) is truthy in the page.
+
+    Polls with `page.evaluate` rather than `wait_for_function`: the app's Content-Security-Policy
+    has no 'unsafe-eval', and Playwright's in-page polling loop evaluates the predicate with
+    `eval` after its first round, which that policy refuses now and then.
+    """
+    from playwright.sync_api import Error
+
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        try:
+            if page.evaluate(expression, arg):
+                return
+        except Error as error:  # a navigation replaced the document: ask the new one
+            if "context" not in str(error) and "navigat" not in str(error):
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout} ms: {expression} ({arg!r})")
+        page.wait_for_timeout(50)
+
+
 def new_username(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
@@ -172,7 +194,8 @@ def open_chat(page: Page, peer: str) -> None:
     """Start (or reopen) the chat with `peer` from the form, as a user would."""
     page.fill("#new-chat-username", peer)
     page.press("#new-chat-username", "Enter")
-    page.wait_for_function(
+    wait_until(
+        page,
         "peer => document.getElementById('chat-title').textContent === peer",
         arg=peer,
         timeout=TIMEOUT_MS,
@@ -193,7 +216,8 @@ def message_texts(page: Page) -> list[str]:
 
 
 def wait_for_message(page: Page, text: str) -> None:
-    page.wait_for_function(
+    wait_until(
+        page,
         "text => [...document.querySelectorAll('#message-items .msg .body')]"
         ".some(n => n.textContent === text)",
         arg=text,
@@ -203,7 +227,8 @@ def wait_for_message(page: Page, text: str) -> None:
 
 def wait_for_status(page: Page, text: str, status: str, timeout_ms: int = TIMEOUT_MS) -> None:
     """Wait until the outgoing message `text` shows tick `status` (sent, delivered, read...)."""
-    page.wait_for_function(
+    wait_until(
+        page,
         """([text, status]) => [...document.querySelectorAll('#message-items .msg.out')]
             .some(m => m.querySelector('.body').textContent === text
                        && m.dataset.status === status)""",

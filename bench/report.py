@@ -113,6 +113,12 @@ def _notes(r: Result) -> str:
         )
     if w == "S1":
         notes.append(f"{_fmt(r.get('cpu_s_per_100k'))} CPU-s per 100K in-process")
+    if w == "S1G":
+        notes.append(
+            f"{_fmt(r.get('members'))} members: {_fmt(r.get('member_deliveries_per_s'))} "
+            f"deliveries/s, {_fmt(r.get('wal_bytes_per_group_message'))} B of WAL and "
+            f"{_fmt(r.get('table_bytes_per_group_message_total'))} B of tables per message"
+        )
     if w == "W4":
         notes.append(f"store of {_fmt(r.get('store_messages'))} messages, {r.get('pages')} pages")
     if r.get("error"):

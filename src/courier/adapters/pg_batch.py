@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from courier.adapters.pg_schema import Conn
+from courier.adapters.pg_schema import BODY_JOIN, EVENT_SQL, KIND_GROUP_OWN, Conn
 from courier.adapters.pg_sessions import SessionRow, SessionWrites, TokenRow
 from courier.domain.errors import CourierError, bad_request, unknown_user
 from courier.domain.events import (
@@ -262,12 +262,12 @@ class PgBatch:
         conn = self.conn
         if keys.dedupe:
             for r in await conn.fetch(
-                "SELECT d.owner, d.sender, d.client_id, d.seq, t.event"
+                f"SELECT d.owner, d.sender, d.client_id, d.seq, {EVENT_SQL}"
                 " FROM jsonb_array_elements($1::text::jsonb) AS k"
                 " JOIN dedupe d ON d.shard = (k->>0)::int2 AND d.owner = k->>1"
                 " AND d.sender = k->>2 AND d.client_id = k->>3"
                 " LEFT JOIN timeline t ON t.shard = d.shard AND t.owner = d.owner"
-                " AND t.seq = d.seq",
+                f" AND t.seq = d.seq{BODY_JOIN}",
                 _json([(shard_of(k[0]), *k) for k in sorted(keys.dedupe)]),
             ):
                 self._dedupe[(r[0], r[1], r[2])] = _Dup(seq=r[3], event=r[4])
@@ -784,19 +784,29 @@ async def sweep_users(conn: Conn, op: SweepUsers) -> int:
             " AND d.sender = k.s AND d.client_id = k.c AND d.seq = k.q",
             shards,
             owners,
-            [r[0] if r[2] == KIND_OUT else r[3] for r in messages],
+            [r[0] if r[2] in (KIND_OUT, KIND_GROUP_OWN) else r[3] for r in messages],
             [r[4] for r in messages],
             seqs,
         )
+        # A group's conversation row stays: it holds the member's watermark in the group
+        # (pg_groups); with its newest entry gone it leaves the list all the same.
         await conn.execute(
             "DELETE FROM conversations c USING unnest($1::int2[], $2::text[], $3::text[],"
             " $4::bigint[]) AS k(h, o, p, q)"
-            " WHERE c.shard = k.h AND c.owner = k.o AND c.peer = k.p AND c.last_seq = k.q",
+            " WHERE c.shard = k.h AND c.owner = k.o AND c.peer = k.p AND c.last_seq = k.q"
+            " AND c.gseq = 0",
             shards,
             owners,
             peers,
             seqs,
         )
+    # Group bodies as old as the cutoff: every row naming one is as old (a body's ts is its
+    # rows'), so it is expired too, and readers skip a row whose body is gone.
+    await conn.execute(
+        "DELETE FROM group_bodies WHERE ctid = ANY(ARRAY("
+        "SELECT ctid FROM group_bodies WHERE ts < $1 LIMIT 5000))",
+        op.cutoff_ts,
+    )
     return len(gone)
 
 

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from courier.adapters.pg_movefence import frozen_shards
-from courier.adapters.pg_schema import Conn
+from courier.adapters.pg_schema import (
+    BODY_JOIN,
+    EVENT_SQL,
+    KIND_GROUP_EVENT,
+    KIND_GROUP_IN,
+    KIND_GROUP_OWN,
+    Conn,
+)
 from courier.domain import groups as G
 from courier.domain.errors import CourierError, store_unavailable, unknown_user
 from courier.domain.events import message_tail, peek, with_seq
@@ -49,7 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KIND_GROUP_IN, KIND_GROUP_OWN, KIND_GROUP_EVENT = 4, 5, 6
 PENDING_AGE_MS = 2000  # a record older than this is completed by whichever node sees it
 _state = msgspec.msgpack.Decoder(G.GroupState)
 
@@ -332,9 +338,9 @@ class PgGroups:
     async def _original(self, sender: str, client_id: str) -> SendResult:
         row = await self.store._fetchrow(
             self.store.server_of(sender),
-            "SELECT d.seq, t.event FROM dedupe d JOIN timeline t ON t.shard = d.shard"
-            " AND t.owner = d.owner AND t.seq = d.seq WHERE d.shard = $1 AND d.owner = $2"
-            " AND d.sender = $2 AND d.client_id = $3",
+            f"SELECT d.seq, {EVENT_SQL} FROM dedupe d JOIN timeline t ON t.shard = d.shard"
+            f" AND t.owner = d.owner AND t.seq = d.seq{BODY_JOIN} WHERE d.shard = $1"
+            " AND d.owner = $2 AND d.sender = $2 AND d.client_id = $3",
             shard_of(sender),
             sender,
             client_id,
@@ -469,26 +475,30 @@ def _record_of(r: Any) -> Record:
 
 async def _append(conn: Conn, record: Record, users: list[str], author_seq: int) -> dict[str, int]:
     """Appends the record's event to `users`' timelines (on this connection's server), each
-    once: claimed first by a dedupe key. Returns every user's seq for it, claimed now or
-    before."""
-    gid, marker = record.gid, f"g{record.gseq}"
+    once: claimed first by raising the member's watermark in the group (their conversation
+    row's gseq). The body goes in once per server; each member's row names it. A fixed number
+    of statements whatever the number of members. Returns every user's seq for the record,
+    claimed now or before."""
+    gid, gseq = record.gid, record.gseq
     users = sorted(users, key=lambda u: (shard_of(u), u))
-    shards = [shard_of(u) for u in users]
     claimed = {
         r[0]
         for r in await conn.fetch(
-            "INSERT INTO dedupe (shard, owner, sender, client_id, seq)"
-            " SELECT s, o, $3, $4, 0 FROM unnest($1::int2[], $2::text[]) AS k(s, o)"
-            " ON CONFLICT DO NOTHING RETURNING owner",
-            shards,
+            "INSERT INTO conversations AS c (shard, owner, peer, last_seq, in_total, read_seq,"
+            " read_ordinal, gseq) SELECT s, o, $3, 0, 0, 0, 0, $4"
+            " FROM unnest($1::int2[], $2::text[]) AS k(s, o)"
+            " ON CONFLICT (shard, owner, peer) DO UPDATE SET gseq = EXCLUDED.gseq"
+            " WHERE c.gseq < EXCLUDED.gseq RETURNING c.owner",
+            [shard_of(u) for u in users],
             users,
             gid,
-            marker,
+            gseq,
         )
     }
     seqs: dict[str, int] = {}
     if claimed:
         mine = [u for u in users if u in claimed]
+        shards = [shard_of(u) for u in mine]
         heads = {
             r[0]: r[1]
             for r in await conn.fetch(
@@ -496,7 +506,7 @@ async def _append(conn: Conn, record: Record, users: list[str], author_seq: int)
                 " SELECT s, o, 1 FROM unnest($1::int2[], $2::text[]) AS k(s, o)"
                 " ON CONFLICT (shard, owner) DO UPDATE SET seq = h.seq + 1"
                 " RETURNING h.owner, h.seq",
-                [shard_of(u) for u in mine],
+                shards,
                 mine,
             )
         }
@@ -505,18 +515,25 @@ async def _append(conn: Conn, record: Record, users: list[str], author_seq: int)
         totals = {
             r[0]: r[1]
             for r in await conn.fetch(
-                "INSERT INTO conversations AS c (shard, owner, peer, last_seq, in_total,"
-                " read_seq, read_ordinal) SELECT s, o, $3, q, n, 0, 0"
+                "UPDATE conversations c SET last_seq = k.q, in_total = c.in_total + k.n"
                 " FROM unnest($1::int2[], $2::text[], $4::bigint[], $5::bigint[]) AS k(s, o, q, n)"
-                " ON CONFLICT (shard, owner, peer) DO UPDATE SET last_seq = EXCLUDED.last_seq,"
-                " in_total = c.in_total + EXCLUDED.in_total RETURNING c.owner, c.in_total",
-                [shard_of(u) for u in mine],
+                " WHERE c.shard = k.s AND c.owner = k.o AND c.peer = $3"
+                " RETURNING c.owner, c.in_total",
+                shards,
                 mine,
                 gid,
                 [heads[u] for u in mine],
                 incoming,
             )
         }
+        await conn.execute(
+            "INSERT INTO group_bodies (gid, gseq, ts, tail) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT DO NOTHING",
+            gid,
+            gseq,
+            record.ts,
+            record.tail,
+        )
         kinds = [
             (KIND_GROUP_OWN if u == record.author else KIND_GROUP_IN)
             if message
@@ -525,30 +542,22 @@ async def _append(conn: Conn, record: Record, users: list[str], author_seq: int)
         ]
         await conn.execute(
             "INSERT INTO timeline (shard, owner, seq, kind, peer, counterpart, client_id, ts,"
-            " ordinal, event, author) SELECT s, o, q, k, $3, $4, $5, $6, n, e, $7"
-            " FROM unnest($1::int2[], $2::text[], $8::bigint[], $9::int2[], $10::bigint[],"
-            " $11::bytea[]) AS k(s, o, q, k, n, e)",
-            [shard_of(u) for u in mine],
+            " ordinal, author, gseq) SELECT s, o, q, k, $3, $4, CASE WHEN k = $12 THEN $5 END,"
+            " $6, n, $7, $8"
+            " FROM unnest($1::int2[], $2::text[], $9::bigint[], $10::int2[], $11::bigint[])"
+            " AS k(s, o, q, k, n)",
+            shards,
             mine,
             gid,
             author_seq or None,
             record.client_id or None,
             record.ts,
             record.author,
+            gseq,
             [heads[u] for u in mine],
             kinds,
             [totals[u] for u in mine],
-            [with_seq(heads[u], record.tail) for u in mine],
-        )
-        await conn.execute(
-            "UPDATE dedupe d SET seq = k.q FROM unnest($1::int2[], $2::text[], $5::bigint[])"
-            " AS k(s, o, q) WHERE d.shard = k.s AND d.owner = k.o AND d.sender = $3"
-            " AND d.client_id = $4",
-            [shard_of(u) for u in mine],
-            mine,
-            gid,
-            marker,
-            [heads[u] for u in mine],
+            KIND_GROUP_OWN,  # only the author's row keeps the client_id (the mover's key)
         )
         if message and record.author in claimed:
             await conn.execute(
@@ -581,13 +590,18 @@ async def _append(conn: Conn, record: Record, users: list[str], author_seq: int)
         seqs.update(heads)
     before = [u for u in users if u not in claimed]
     if before:
+        # Applied earlier (a repeat): each one's row of the record, found from the newest
+        # end of the member's conversation (records reach a server in gseq order, so it is
+        # among the last few).
         for r in await conn.fetch(
-            "SELECT owner, seq FROM dedupe WHERE shard = ANY($1::int2[])"
-            " AND owner = ANY($2::text[]) AND sender = $3 AND client_id = $4",
+            "SELECT k.o, t.seq FROM unnest($1::int2[], $2::text[]) AS k(s, o)"
+            " CROSS JOIN LATERAL (SELECT seq FROM timeline t WHERE t.shard = k.s"
+            "  AND t.owner = k.o AND t.peer = $3 AND t.kind <> 3 AND t.gseq = $4"
+            "  ORDER BY t.seq DESC LIMIT 1) AS t",
             [shard_of(u) for u in before],
             before,
             gid,
-            marker,
+            gseq,
         ):
             seqs[r[0]] = r[1]
     return seqs

@@ -239,7 +239,45 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE timeline ADD COLUMN author text;
         """,
     ),
+    (
+        5,
+        """
+        -- A group's events stored once per server (see pg_groups): each member's timeline row
+        -- names it by (peer = group, gseq) and holds no copy (event NULL); the event is
+        -- '{"seq":' + the row's seq + tail, as on RocksDB. Shared by the shards of the server,
+        -- so it has no shard column: a shard move copies the bodies its rows name.
+        CREATE TABLE group_bodies (
+            gid text COLLATE "C" NOT NULL,
+            gseq bigint NOT NULL,
+            ts bigint NOT NULL,
+            tail bytea NOT NULL,
+            PRIMARY KEY (gid, gseq)
+        );
+        CREATE INDEX group_bodies_ts ON group_bodies (ts);  -- retention
+        ALTER TABLE timeline ADD COLUMN gseq bigint, ALTER COLUMN event DROP NOT NULL;
+        -- A member's watermark in a group: the newest gseq applied to their timeline. A
+        -- record is applied to the members whose watermark it raises (the claim), so a
+        -- repeat adds nothing; records reach a server in gseq order.
+        ALTER TABLE conversations ADD COLUMN gseq bigint NOT NULL DEFAULT 0;
+        -- The claims of version 4 were dedupe keys (member, group, 'g' + gseq): their
+        -- newest is the watermark.
+        UPDATE conversations c SET gseq = k.g FROM (
+            SELECT shard, owner, sender, max(substr(client_id, 2)::bigint) AS g FROM dedupe
+            WHERE sender LIKE 'G%' AND client_id LIKE 'g%' GROUP BY shard, owner, sender) AS k
+            WHERE c.shard = k.shard AND c.owner = k.owner AND c.peer = k.sender;
+        DELETE FROM dedupe WHERE sender LIKE 'G%' AND client_id LIKE 'g%';
+        """,
+    ),
 ]
+
+# Timeline kinds of group rows (1 incoming, 2 outgoing, 3 receipt are the 1:1 ones).
+KIND_GROUP_IN, KIND_GROUP_OWN, KIND_GROUP_EVENT = 4, 5, 6
+
+# A timeline row's event, for queries over `timeline t` joined with BODY_JOIN: its own copy, or
+# (a group's row) the group's body on this server after the row's seq. NULL when retention
+# removed the body (the row is expired too: a body's ts is its rows').
+EVENT_SQL = "coalesce(t.event, convert_to('{\"seq\":' || t.seq::text, 'UTF8') || b.tail)"
+BODY_JOIN = " LEFT JOIN group_bodies b ON t.event IS NULL AND b.gid = t.peer AND b.gseq = t.gseq"
 
 
 async def migrate(conn: Conn) -> list[int]:

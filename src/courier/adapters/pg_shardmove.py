@@ -35,7 +35,7 @@ from typing import Any
 import asyncpg
 
 from courier.adapters.pg_movefence import MAP_CHANNEL
-from courier.adapters.pg_schema import FENCE_LOCK, MIGRATION_LOCK, migrate
+from courier.adapters.pg_schema import FENCE_LOCK, KIND_GROUP_OWN, MIGRATION_LOCK, migrate
 from courier.adapters.pg_shardmap import read_shard_map
 from courier.domain.shards import LOGICAL_SHARDS, shard_of
 
@@ -296,12 +296,14 @@ class _Mover:
         return changed
 
     async def _append_chunk(self, rows: list[asyncpg.Record]) -> int:
-        # The dedupe key of a copy: (owner, owner, client_id) on an outgoing copy,
-        # (owner, sender, client_id) on an incoming one (a same-server send has none).
+        # The dedupe key of a copy: (owner, owner, client_id) on an outgoing copy (a group
+        # message's author's too), (owner, sender, client_id) on an incoming one (a
+        # same-server send has none).
+        outgoing = (2, KIND_GROUP_OWN)
         keys = [
-            (r["owner"], r["owner"] if r["kind"] == 2 else r["peer"], r["client_id"])
+            (r["owner"], r["owner"] if r["kind"] in outgoing else r["peer"], r["client_id"])
             for r in rows
-            if r["client_id"] is not None and r["kind"] in (1, 2)
+            if r["client_id"] is not None and r["kind"] in (1, 2, KIND_GROUP_OWN)
         ]
         dedupe = self.tables["dedupe"]
         found = await self.source.fetch(
@@ -334,12 +336,36 @@ class _Mover:
             for (o, p, c), q in made.items()
         ]
         copied = self.report.copied
+        bodies = await self._copy_bodies(rows)
+        copied["group_bodies"] = copied.get("group_bodies", 0) + bodies
         n = await self._write(self.tables["timeline"], rows, mirror=False)
         copied["timeline"] = copied.get("timeline", 0) + n
         d = await self._write(dedupe, [*found, *synthesized], mirror=False)
         copied["dedupe"] = copied.get("dedupe", 0) + d
         await self._neighbour_keys(rows)
         return n + d
+
+    async def _copy_bodies(self, rows: list[asyncpg.Record]) -> int:
+        """The group bodies these rows name (stored once per server, shared by its shards):
+        onto the target when it has not got them yet; the source keeps its own."""
+        named = sorted({(r["peer"], r["gseq"]) for r in rows if r["gseq"] is not None})
+        if not named:
+            return 0
+        found = await self.source.fetch(
+            "SELECT b.gid, b.gseq, b.ts, b.tail FROM unnest($1::text[], $2::bigint[]) AS k(g, q)"
+            " JOIN group_bodies b ON b.gid = k.g AND b.gseq = k.q",
+            [g for g, _ in named],
+            [q for _, q in named],
+        )
+        if not found:
+            return 0
+        status = await self.target.execute(
+            "INSERT INTO group_bodies (gid, gseq, ts, tail)"
+            " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[])"
+            " ON CONFLICT DO NOTHING",
+            *(list(column) for column in zip(*found, strict=True)),
+        )
+        return int(status.split()[-1])
 
     async def _neighbour_keys(self, rows: list[asyncpg.Record]) -> None:
         """The keys of neighbours' incoming copies of messages this shard's users sent them

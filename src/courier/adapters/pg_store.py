@@ -53,7 +53,7 @@ from courier.adapters.pg_batch import (
     SweepUsers,
     sweep_users,
 )
-from courier.adapters.pg_groups import KIND_GROUP_IN, PgGroups
+from courier.adapters.pg_groups import PgGroups
 from courier.adapters.pg_movefence import (
     Bounced,
     MapFollower,
@@ -63,7 +63,7 @@ from courier.adapters.pg_movefence import (
     merge_fenced,
     op_shards,
 )
-from courier.adapters.pg_schema import Conn, migrate
+from courier.adapters.pg_schema import BODY_JOIN, EVENT_SQL, KIND_GROUP_IN, Conn, migrate
 from courier.adapters.pg_sessions import halves
 from courier.adapters.pg_shardmap import ShardMap, load_shard_map
 from courier.domain.errors import store_unavailable
@@ -774,8 +774,9 @@ class PgStore:
     async def events_after(self, user: str, after: int, limit: int) -> list[tuple[int, bytes]]:
         rows = await self._fetch(
             self.server_of(user),
-            "SELECT seq, event FROM timeline WHERE shard = $1 AND owner = $2 AND seq > $3"
-            " ORDER BY seq LIMIT $4",
+            f"SELECT t.seq, {EVENT_SQL} FROM timeline t{BODY_JOIN}"
+            " WHERE t.shard = $1 AND t.owner = $2 AND t.seq > $3"
+            " AND (t.event IS NOT NULL OR b.tail IS NOT NULL) ORDER BY t.seq LIMIT $4",
             shard_of(user),
             user,
             after,
@@ -851,10 +852,11 @@ class PgStore:
     async def conversations(self, user: str, limit: int) -> list[Conversation]:
         rows = await self._fetch(
             self.server_of(user),
-            "SELECT c.peer, c.last_seq, t.event, greatest(c.in_total - c.read_ordinal, 0)"
+            f"SELECT c.peer, c.last_seq, {EVENT_SQL}, greatest(c.in_total - c.read_ordinal, 0)"
             " FROM (SELECT * FROM conversations WHERE shard = $1 AND owner = $2"
             "  ORDER BY last_seq DESC LIMIT $3) AS c"
-            " JOIN timeline t ON t.shard = c.shard AND t.owner = c.owner AND t.seq = c.last_seq"
+            f" JOIN timeline t ON t.shard = c.shard AND t.owner = c.owner AND t.seq = c.last_seq"
+            f"{BODY_JOIN} WHERE t.event IS NOT NULL OR b.tail IS NOT NULL"
             " ORDER BY c.last_seq DESC",
             shard_of(user),
             user,
@@ -867,9 +869,9 @@ class PgStore:
     ) -> list[tuple[int, bytes]]:
         rows = await self._fetch(
             self.server_of(user),
-            "SELECT seq, event FROM timeline"
-            " WHERE shard = $1 AND owner = $2 AND peer = $3 AND kind <> 3 AND seq < $4"
-            " ORDER BY seq DESC LIMIT $5",
+            f"SELECT t.seq, {EVENT_SQL} FROM timeline t{BODY_JOIN}"
+            " WHERE t.shard = $1 AND t.owner = $2 AND t.peer = $3 AND t.kind <> 3 AND t.seq < $4"
+            " AND (t.event IS NOT NULL OR b.tail IS NOT NULL) ORDER BY t.seq DESC LIMIT $5",
             shard_of(user),
             user,
             peer,

@@ -5,8 +5,9 @@ to what members see (a message, a membership event) is one transaction on the gr
 the group's row is locked (so a message and a membership change are ordered), the group's
 seq (`gseq`) advances, and a fan-out record is written holding the event (its encoding after
 the seq, stored once) and its recipients, the members as of that moment. Then, per server
-holding recipients, one transaction appends the event to their timelines; it first claims each
-recipient with a dedupe key (member, group, "g" + gseq), so a repeat (a retry, a restarted
+holding recipients, one transaction appends the event to their timelines: the body once per
+server (`group_bodies`), a row per member naming it. It first claims each recipient by raising
+their watermark in the group (the conversation row's gseq), so a repeat (a retry, a restarted
 node, two nodes completing the same record) adds nothing, and it first applies the group's
 earlier records still pending there, so every member sees the group in gseq order. When
 every server is done the record is deleted. A record left by a crash is completed by any node

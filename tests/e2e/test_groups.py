@@ -124,6 +124,20 @@ async def test_create_with_an_unknown_user_makes_no_group(api: Api) -> None:
     assert await api.timeline(alice) == []
 
 
+async def test_a_plain_member_learns_nothing_about_usernames_by_adding(
+    api: Api, trio: tuple[User, User, User, str]
+) -> None:
+    """Adding is refused for its rights first: a plain member hears 403 whether the name
+    exists or not; an admin hears 404 `unknown_user` for a name that does not."""
+    alice, bob, carol, gid = trio
+    dave = await api.user()
+    for name in (unique("ghost"), dave.name):
+        assert_error(await add(api, bob, gid, name), 403, "forbidden")
+    assert_error(await add(api, alice, gid, unique("ghost")), 404, "unknown_user")
+    outsider = await api.user()
+    assert_error(await add(api, outsider, gid, unique("ghost")), 404, "unknown_group")
+
+
 @pytest.mark.parametrize("name", ["", " ", "x" * 65])
 async def test_bad_names_are_refused(api: Api, name: str) -> None:
     alice = await api.user()

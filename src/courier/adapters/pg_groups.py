@@ -229,8 +229,9 @@ class PgGroups:
         if op.kind == "add" and valid_username(op.member):
             if await self.store.get_user(op.member) is None:
                 state = await self.get_group(op.id)
-                if state is None or state.member(op.by) is None:
+                if state is None:
                     raise G.unknown_group(op.id)
+                G.check_adder(state, op.by)
                 if state.member(op.member) is None:
                     raise unknown_user(op.member)
             await self._room([op.member], op.max_groups)
@@ -243,8 +244,7 @@ class PgGroups:
             if op.kind == "rename":
                 new, changes = G.rename(state, op.by, op.name)
             elif op.kind == "add":
-                if state.member(op.by) is None:
-                    raise G.unknown_group(op.id)
+                G.check_adder(state, op.by)
                 if state.member(op.member) is None and not valid_username(op.member):
                     raise unknown_user(op.member)
                 new, changes = G.add_member(

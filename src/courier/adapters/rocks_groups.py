@@ -200,8 +200,7 @@ class GroupOps:
         if op.kind == "rename":
             new, changes = G.rename(state, op.by, op.name)
         elif op.kind == "add":
-            if state.member(op.by) is None:
-                raise G.unknown_group(op.id)
+            G.check_adder(state, op.by)
             if state.member(op.member) is None and (
                 not valid_username(op.member) or not self.user_exists(op.member)
             ):

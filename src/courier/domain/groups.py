@@ -173,9 +173,7 @@ def add_member(
 ) -> tuple[GroupState, list[Change]]:
     """Adds `username`, or changes the role of a member already there (owner hand-over
     when `role` is owner)."""
-    actor = _actor(state, by)
-    if actor.role == "member":
-        raise forbidden("Only the owner or an admin adds members or changes roles.")
+    actor = check_adder(state, by)
     current = state.member(username)
     if current is None:
         if role == "owner":
@@ -231,6 +229,15 @@ def remove_member(state: GroupState, by: str, username: str) -> tuple[GroupState
         return new, changes
     new = _replace(state, rest)
     return new, [Change(action, by, username, None, (*new.usernames, username))]
+
+
+def check_adder(state: GroupState, by: str) -> Member:
+    """`by` may add members: 404 for a non-member, 403 for a plain member (before anything
+    is said about the user to add, so a member cannot probe usernames through a group)."""
+    actor = _actor(state, by)
+    if actor.role == "member":
+        raise forbidden("Only the owner or an admin adds members or changes roles.")
+    return actor
 
 
 def _actor(state: GroupState, by: str) -> Member:

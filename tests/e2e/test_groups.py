@@ -129,7 +129,7 @@ async def test_a_plain_member_learns_nothing_about_usernames_by_adding(
 ) -> None:
     """Adding is refused for its rights first: a plain member hears 403 whether the name
     exists or not; an admin hears 404 `unknown_user` for a name that does not."""
-    alice, bob, carol, gid = trio
+    alice, bob, _carol, gid = trio
     dave = await api.user()
     for name in (unique("ghost"), dave.name):
         assert_error(await add(api, bob, gid, name), 403, "forbidden")

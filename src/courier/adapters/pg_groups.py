@@ -535,6 +535,8 @@ async def _append(conn: Conn, record: Record, users: list[str], author_seq: int)
             record.ts,
             record.tail,
         )
+        if message and not author_seq and record.author in heads:
+            author_seq = heads[record.author]  # the author is on this server: rows carry it
         kinds = [
             (KIND_GROUP_OWN if u == record.author else KIND_GROUP_IN)
             if message

@@ -167,3 +167,13 @@ async def test_the_claims_of_schema_4_become_watermarks(dsns: list[str]) -> None
         assert await fetch(dsn, "SELECT gseq FROM conversations WHERE peer = $1", GID) == 9
         assert await fetch(dsn, "SELECT count(*) FROM dedupe WHERE sender = $1", GID) == 0
         assert await fetch(dsn, "SELECT count(*) FROM dedupe WHERE sender = 'amy'") == 1
+
+
+async def test_members_on_the_authors_server_know_the_authors_seq(store: PgStore) -> None:
+    """Their rows carry it like the other servers' rows do, so their acks give receipts."""
+    members = users_on(store, 0, 3, "dan")
+    await create_users(store, *members)
+    await store.submit(CreateGroup(GID, "g", members[0], tuple(members[1:]), 1, 100))
+    sent = await send(store, members[0], 1)
+    for reader in members[1:]:
+        assert await store.incoming_summary(reader, 0, 2) == {(members[0], GID): sent.seq}

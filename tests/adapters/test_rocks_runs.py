@@ -209,3 +209,41 @@ async def test_retention_drops_closed_runs_whole_and_keeps_the_open_one() -> Non
     again = await store.submit(AppendGroupMessage("ann", gid, "old0", "o0", 1, "x"))
     assert not again.duplicate  # the dropped message's dedupe key went with it
     await store.close()
+
+
+async def test_retention_drops_the_log_of_a_group_everybody_left() -> None:
+    """An ended group's log is nobody's group any more: the sweep still finds it through the
+    entries it drops."""
+    from courier.adapters import rocks_keys as K
+    from courier.domain.ops import Sweep
+
+    store = RocksStore(tempfile.mkdtemp(), sync=False)
+    await store.open()
+    for u in USERS[:2]:
+        await store.submit(CreateUser(u, "x", 1))
+    gid = GROUPS[1]
+    await store.submit(CreateGroup(gid, "g", "ann", ("bob",), 1, 10))
+    for i in range(3):
+        await store.submit(AppendGroupMessage("ann", gid, f"old{i}", f"o{i}", 10, f"io{i}"))
+    for who in ("bob", "ann"):
+        await store.submit(ChangeGroup(gid, who, "remove", 10, member=who))
+    for u in USERS[:2]:  # a newer entry, so the group's entries are not the newest
+        await store.submit(AppendMessage(u, USERS[1] if u == "ann" else "ann", "hi", u, 900, u))
+
+    def log_entries() -> int:
+        prefix = K.group_log_prefix(gid)
+        it = store._db.iter()
+        it.seek(prefix)
+        n = 0
+        while it.valid() and it.key().startswith(prefix):
+            n, _ = n + 1, it.next()
+        return n
+
+    assert await store.get_group(gid) is None
+    assert log_entries() > 0
+    await store.submit(Sweep(500, "", 10))
+    assert log_entries() == 0
+    for u in USERS[:2]:
+        bodies = [msgspec.json.decode(e).get("body") for _, e in await store.events_after(u, 0, 99)]
+        assert bodies == ["hi", "hi"], u
+    await store.close()

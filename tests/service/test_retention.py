@@ -54,3 +54,33 @@ async def test_sweep_with_nothing_to_drop_changes_nothing(stack: Stack) -> None:
     assert await sweep_once(stack.store, days=7) == 0
     assert await stack.store.head("bob") == 1
     assert len(await stack.store.events_after("bob", 0, 10)) == 1
+
+
+async def test_sweep_drops_old_group_messages_and_keeps_the_group(stack: Stack) -> None:
+    from courier.domain.ops import AppendGroupMessage, CreateGroup
+
+    ann, ben = await stack.user("ann"), await stack.user("ben")
+    gid = "G" + "e" * 32
+    old = int(time.time() * 1000 - 40 * DAY_MS)
+    await stack.store.submit(CreateGroup(gid, "g", "ann", ("ben",), old, 10))
+    for i in range(2):
+        await stack.store.submit(AppendGroupMessage("ann", gid, f"old{i}", f"o{i}", old, f"o{i}"))
+    await stack.delivery.send(ben, None, "new", "n0", group=gid)
+
+    assert await sweep_once(stack.store, days=30, metrics=stack.metrics) > 0
+    for user in (ann, ben):
+        events = [json.loads(d) for _, d in await stack.store.events_after(user.username, 0, 100)]
+        assert [e.get("body") for e in events] == ["new"], user.username
+        rows, _ = await stack.delivery.history(user, gid, None, 50)
+        assert [json.loads(d).get("body") for _, d in rows] == ["new"]
+        (conv,) = await stack.delivery.conversations(user, 10)
+        assert conv.peer == gid
+    # The group goes on: a new message reaches both, after the ones dropped.
+    again = await stack.delivery.send(ann, None, "old0", "o0", group=gid)
+    assert not again.duplicate  # the dropped message's dedupe key went with it
+    assert [
+        json.loads(d).get("body") for _, d in await stack.store.events_after("ben", 0, 100)
+    ] == [
+        "new",
+        "old0",
+    ]

@@ -787,38 +787,34 @@ class PgStore:
     async def incoming_summary(
         self, user: str, after: int, up_to: int
     ) -> dict[tuple[str, str], int]:
+        # One read for 1:1 peers and group authors alike (an ack is frequent: every member of
+        # a busy group acks many times a second).
         rows = await self._fetch(
             self.server_of(user),
-            "SELECT peer, max(counterpart), array_agg(client_id) FILTER (WHERE counterpart IS NULL)"
+            "SELECT kind, peer, author, max(counterpart),"
+            " array_agg(client_id) FILTER (WHERE counterpart IS NULL AND kind = 1)"
             " FROM timeline WHERE shard = $1 AND owner = $2 AND seq > $3 AND seq <= $4"
-            " AND kind = 1 GROUP BY peer",
-            shard_of(user),
-            user,
-            after,
-            up_to,
-        )
-        out: dict[str, int] = {r[0]: r[1] for r in rows if r[1] is not None}
-        # Incoming copies written on another server than their outgoing copies: ask the
-        # senders' servers (a sender half not written yet simply counts for nothing).
-        unknown = [(r[0], r[2]) for r in rows if r[2] is not None]
-        found = await asyncio.gather(*(self._counterparts(peer, cids) for peer, cids in unknown))
-        for (peer, _), seqs in zip(unknown, found, strict=True):
-            seq = max(seqs.values(), default=0)
-            if seq > out.get(peer, 0):
-                out[peer] = seq
-        summary = {(peer, ""): seq for peer, seq in out.items()}
-        groups = await self._fetch(
-            self.server_of(user),
-            "SELECT author, peer, max(counterpart) FROM timeline WHERE shard = $1 AND owner = $2"
-            " AND seq > $3 AND seq <= $4 AND kind = $5 AND counterpart IS NOT NULL"
-            " GROUP BY author, peer",
+            " AND kind IN (1, $5) GROUP BY kind, peer, author",
             shard_of(user),
             user,
             after,
             up_to,
             KIND_GROUP_IN,
         )
-        for author, gid, seq in groups:
+        direct = [r for r in rows if r[0] == 1]
+        out: dict[str, int] = {r[1]: r[3] for r in direct if r[3] is not None}
+        # Incoming copies written on another server than their outgoing copies: ask the
+        # senders' servers (a sender half not written yet simply counts for nothing).
+        unknown = [(r[1], r[4]) for r in direct if r[4] is not None]
+        found = await asyncio.gather(*(self._counterparts(peer, cids) for peer, cids in unknown))
+        for (peer, _), seqs in zip(unknown, found, strict=True):
+            seq = max(seqs.values(), default=0)
+            if seq > out.get(peer, 0):
+                out[peer] = seq
+        summary = {(peer, ""): seq for peer, seq in out.items()}
+        for _kind, gid, author, seq, _ in rows:
+            if _kind != KIND_GROUP_IN or seq is None:
+                continue
             if await self._group_size(gid) <= RECEIPTS_MAX_MEMBERS:
                 summary[(author, gid)] = seq
         return summary

@@ -459,12 +459,14 @@ class Batch(GroupOps):
         it = self.db.iter()
         it.seek(prefix)
         dropped = 0
+        left: set[str] = set()  # groups of the dropped entries (the user may have left them)
         while it.valid():
             key = it.key()
             if not key.startswith(prefix):
                 break
             kind, _cp, peer, event = K.parse_timeline_value(it.value())
             if kind == K.KIND_GROUP_RUN:
+                left.add(peer)
                 swept = self._sweep_run(user, it, cutoff_ts)
                 if swept is None:
                     break
@@ -475,6 +477,8 @@ class Batch(GroupOps):
                 break
             seq = K.seq_of(key)
             self.wb.delete(key)
+            if is_group(peer):
+                left.add(peer)
             if kind != K.KIND_RECEIPT:
                 self.wb.delete(K.conv_key(user, peer, seq))
                 meta = self.meta(user, peer)
@@ -484,7 +488,7 @@ class Batch(GroupOps):
                     self.delete(K.dedupe_key(user, user, ev.client_id))
             dropped += 1
             it.next()
-        return dropped + self._sweep_group_logs(user, cutoff_ts)
+        return dropped + self._sweep_group_logs(user, cutoff_ts, left)
 
     def _sweep_run(self, user: str, it: Any, cutoff_ts: int) -> int | None:
         """Drops the run at the iterator when its newest message is older than the cutoff
@@ -521,17 +525,19 @@ class Batch(GroupOps):
             logs.next()
         return end - start + 1
 
-    def _sweep_group_logs(self, user: str, cutoff_ts: int) -> int:
-        """The old entries of the logs of `user`'s groups (every member's references to
-        them are at least as old, so they go in the same sweep); not counted as events."""
+    def _sweep_group_logs(self, user: str, cutoff_ts: int, left: set[str]) -> int:
+        """The old entries of the logs of `user`'s groups, and of the groups of the entries
+        just dropped (groups the user left, or that ended with nobody in them): every
+        member's references to them are at least as old, so they go in the same sweep, and
+        readers skip what is gone. Not counted as events."""
         prefix = K.member_of_prefix(user)
         it = self.db.iter()
         it.seek(prefix)
-        gids: list[str] = []
+        gids: set[str] = set(left)
         while it.valid() and it.key().startswith(prefix) and len(gids) < 10_000:
-            gids.append(it.key()[len(prefix) :].decode())
+            gids.add(it.key()[len(prefix) :].decode())
             it.next()
-        for gid in gids:
+        for gid in sorted(gids):
             log_prefix = K.group_log_prefix(gid)
             lit = self.db.iter()
             lit.seek(log_prefix)

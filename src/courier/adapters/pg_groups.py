@@ -269,6 +269,7 @@ class PgGroups:
 
     async def send(self, op: AppendGroupMessage) -> SendResult:
         sender, gid = op.sender, op.group
+        expired = False
 
         async def decide(conn: Conn, state: G.GroupState | None, gseq: int) -> Any:
             earlier = await conn.fetchval(
@@ -280,7 +281,16 @@ class PgGroups:
                 op.client_id,
             )
             if earlier is not None:
-                return None  # a retry: the original is (being) fanned out
+                if not expired:
+                    return None  # a retry: the original is (being) fanned out
+                await conn.execute(  # its original expired: this one is new (as in 1:1)
+                    "DELETE FROM group_dedupe WHERE shard = $1 AND gid = $2 AND sender = $3"
+                    " AND client_id = $4",
+                    shard_of(gid),
+                    gid,
+                    sender,
+                    op.client_id,
+                )
             if state is None or state.member(sender) is None:
                 raise G.unknown_group(gid)
             gseq += 1
@@ -329,14 +339,36 @@ class PgGroups:
                 del self._tails[sender]
         if record is None:
             await self.complete_pending(self.store.server_of(gid), gid=gid, age_ms=0)
-            return await self._original(sender, op.client_id)
+            original = await self._original(sender, op.client_id)
+            if original is not None:
+                return original
+            if await self._pending(gid, sender, op.client_id):
+                raise store_unavailable()  # its fan-out is not complete yet: retry
+            expired = True  # fanned out, and the author's copy is gone: retention took it
+            record = await self._on_group_server(gid, decide)
+            if record is None:
+                raise store_unavailable()
         seqs = await self._complete(record)
         sseq = seqs[sender]
         members = tuple(u for u in record.recipients if u in seqs)
         fanout = GroupFanout(gid, record.tail, members, tuple(seqs[u] for u in members))
         return SendResult(op.id, sseq, op.ts, op.client_id, False, (), fanout)
 
-    async def _original(self, sender: str, client_id: str) -> SendResult:
+    async def _pending(self, gid: str, sender: str, client_id: str) -> bool:
+        """Whether the send of (sender, client_id) in `gid` is still a fan-out record."""
+        found = await self.store._fetchrow(
+            self.store.server_of(gid),
+            "SELECT 1 FROM group_dedupe d JOIN group_fanout f ON f.shard = d.shard"
+            " AND f.gid = d.gid AND f.gseq = d.gseq WHERE d.shard = $1 AND d.gid = $2"
+            " AND d.sender = $3 AND d.client_id = $4",
+            shard_of(gid),
+            gid,
+            sender,
+            client_id,
+        )
+        return found is not None
+
+    async def _original(self, sender: str, client_id: str) -> SendResult | None:
         row = await self.store._fetchrow(
             self.store.server_of(sender),
             f"SELECT d.seq, {EVENT_SQL} FROM dedupe d JOIN timeline t ON t.shard = d.shard"
@@ -347,7 +379,7 @@ class PgGroups:
             client_id,
         )
         if row is None:
-            raise store_unavailable()  # its fan-out is not complete yet: retry
+            return None  # not written yet, or expired
         ev = peek(row[1])
         return SendResult(ev.id, row[0], ev.ts, client_id, True)
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from courier.server import Server
+from courier.transport.http_guard import SECURITY_HEADERS
 from tests.e2e.support import assert_error, assert_error_shape, raw_exchange
 from tests.helpers import PASSWORD, Api, unique
 
@@ -52,8 +53,10 @@ def split_response(raw: bytes) -> tuple[int, dict[str, str], Any]:
 async def test_a_request_head_that_never_ends_gets_408_and_is_closed(api: Api) -> None:
     reader, writer = await open_socket(api)
     writer.write(b"GET / HTTP/1.1\r\n")
-    status, _, body = split_response(await read_all(reader, 5.0))
+    status, headers, body = split_response(await read_all(reader, 5.0))
     assert status == 408 and body["error"]["code"] == "request_timeout", body
+    for name, value in SECURITY_HEADERS.items():  # written raw, still like every answer
+        assert headers.get(name) == value, name
     writer.close()
 
 
@@ -91,6 +94,58 @@ async def test_a_body_that_stops_arriving_gets_408(api: Api) -> None:
     )
     status, _, body = split_response(await read_all(reader, 5.0))
     assert status == 408 and body["error"]["code"] == "request_timeout", body
+    writer.close()
+
+
+# ---- sizes ------------------------------------------------------------------------------
+POST_USERS = b"POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+async def test_a_body_over_the_limit_gets_413_and_the_connection_closes(api: Api) -> None:
+    for framing in (
+        b"Content-Length: 70000\r\n\r\n" + b"x" * 70000,
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % 70000 + b"x" * 70000 + b"\r\n",
+    ):
+        reader, writer = await open_socket(api)
+        writer.write(POST_USERS + framing)
+        status, headers, body = split_response(await read_all(reader, 10.0))  # ends: closed
+        assert status == 413 and body["error"]["code"] == "payload_too_large", body
+        assert headers.get("Connection") == "close"
+        writer.close()
+
+
+async def test_a_declared_oversized_body_is_refused_before_it_is_sent(api: Api) -> None:
+    """`Expect: 100-continue` with a Content-Length past the limit: 413 at once, never an
+    invitation to send 10 MB."""
+    reader, writer = await open_socket(api)
+    writer.write(POST_USERS + b"Content-Length: 10000000\r\nExpect: 100-continue\r\n\r\n")
+    raw = await read_all(reader, 5.0)
+    assert raw.startswith(b"HTTP/1.1 413"), raw[:60]
+    assert b"100 Continue" not in raw
+    writer.close()
+
+
+async def test_a_body_within_the_limit_is_invited_by_100_continue(api: Api) -> None:
+    name = unique("cont")
+    body = json.dumps({"username": name, "password": PASSWORD}).encode()
+    reader, writer = await open_socket(api)
+    writer.write(
+        POST_USERS + b"Connection: close\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    async with asyncio.timeout(5):
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    status, _, answer = split_response(await read_all(reader, 5.0))
+    assert status == 201, answer
+    writer.close()
+
+
+async def test_a_header_past_the_limit_gets_431(api: Api) -> None:
+    reader, writer = await open_socket(api)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n")
+    status, _, body = split_response(await read_all(reader, 5.0))
+    assert status == 431 and body["error"]["code"] == "headers_too_large", body
     writer.close()
 
 

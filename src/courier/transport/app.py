@@ -11,7 +11,7 @@ from aiohttp import web
 from courier.domain.errors import CourierError
 from courier.transport.errors import error_middleware
 from courier.transport.http_api import HttpApi
-from courier.transport.http_guard import SECURITY_HEADERS, guard_middleware
+from courier.transport.http_guard import SECURITY_HEADERS, body_limit, guard_middleware
 from courier.transport.openapi import Limits, build_openapi
 from courier.transport.ws import WsEndpoint
 from courier.transport.ws_aiohttp import AiohttpWs
@@ -29,13 +29,18 @@ def build_app(
     request_max_bytes: int,
     extra: list[web.RouteDef] | None = None,
 ) -> web.Application:
+    limit, expect = body_limit(request_max_bytes)
     app = web.Application(
-        middlewares=[guard_middleware(), error_middleware(api.metrics)],
+        middlewares=[guard_middleware(), error_middleware(api.metrics), limit],
         client_max_size=request_max_bytes,
     )
     app.on_response_prepare.append(_secure_headers)
-    app.add_routes(api.routes())
-    app.add_routes(extra or [])
+    for route in [*api.routes(), *(extra or [])]:
+        if isinstance(route, web.RouteDef):
+            route = web.RouteDef(
+                route.method, route.path, route.handler, {"expect_handler": expect, **route.kwargs}
+            )
+        app.add_routes([route])
     app.router.add_get("/v1/ws", AiohttpWs(ws).handle)
     limits = Limits(
         body_max_chars=api.delivery.body_max_chars,

@@ -64,6 +64,8 @@ def error_middleware(metrics: Metrics) -> Middleware:
             code, message = _HTTP_CODES.get(exc.status, (f"http_{exc.status}", exc.reason))
             metrics.errors.labels(code).inc()
             response = error_response(CourierError(code, message, exc.status))
+            if exc.status in (408, 413, 415):
+                response.force_close()  # aiohttp's own 413 too: the rest of the body is unread
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
             return response

@@ -19,7 +19,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -28,12 +29,6 @@ from courier.domain.errors import CourierError
 from courier.transport.errors import error_body, error_response
 
 log = logging.getLogger(__name__)
-
-_LATE_BODY = error_body("request_timeout", "The request did not arrive in time.")
-REQUEST_TIMEOUT = (
-    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_LATE_BODY)
-) + _LATE_BODY
 
 # Every response: no sniffing, no framing, no referrer, no version in `Server`. The page may
 # load only its own scripts and styles, and talk only to its own origin.
@@ -49,6 +44,17 @@ SECURITY_HEADERS = {
     ),
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+
+_LATE_BODY = error_body("request_timeout", "The request did not arrive in time.")
+# Written straight to the socket (no request was parsed), with the same headers as any answer.
+REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n"
+    % len(_LATE_BODY)
+    + b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items())
+    + b"\r\n"
+    + _LATE_BODY
+)
 
 
 _MALFORMED = {
@@ -118,6 +124,8 @@ class GuardedHandler(RequestHandler):
             log.info("malformed HTTP from %s: %d %s", request.remote, status, type(exc).__name__)
         if request.writer.output_size > 0:
             raise ConnectionError("a response was already under way")
+        if isinstance(exc, LineTooLong):  # a header line, or the request line, past the limit
+            status = 431
         code, text = _MALFORMED.get(status, ("internal_error", "The server failed to answer."))
         response = error_response(CourierError(code, text, status if status >= 400 else 400))
         response.headers.update(SECURITY_HEADERS)
@@ -144,3 +152,42 @@ def guard_middleware() -> Middleware:
             protocol.request_finished()
 
     return middleware
+
+
+def body_limit(max_bytes: int) -> tuple[Middleware, Callable[[web.Request], Any]]:
+    """A body declared larger than `max_bytes` is refused before any of it is read: 413,
+    then the connection closes. The middleware covers plain requests; the expect handler
+    (for every route) answers `Expect: 100-continue` with that 413 instead of inviting the
+    body, and otherwise with 100 Continue as aiohttp would."""
+
+    def too_large(request: web.Request) -> bool:
+        return request.content_length is not None and request.content_length > max_bytes
+
+    def refuse() -> web.Response:
+        text = f"The request body is over {max_bytes} bytes."
+        response = error_response(CourierError("payload_too_large", text, 413))
+        response.force_close()
+        return response
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if too_large(request):
+            return refuse()
+        return await handler(request)
+
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        if too_large(request):
+            return refuse()
+        if request.version != (1, 1):
+            return None
+        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+            response = error_response(
+                CourierError("expectation_failed", "Only Expect: 100-continue is known.", 417)
+            )
+            response.force_close()
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer itself has not started
+        return None
+
+    return middleware, expect

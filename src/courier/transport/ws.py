@@ -88,6 +88,7 @@ class Connection:
         "_in_flight",
         "_link",
         "_pending",
+        "_refusals",
         "_transport",
         "conn_id",
         "last_seq",
@@ -119,6 +120,10 @@ class Connection:
         self._closed = False
         self._in_flight = 0
         self._frames = TokenBucket(endpoint.settings.frame_rate, endpoint.settings.frame_burst)
+        # Frames refused for the rate, at the same rate and burst: a client that keeps sending
+        # past twice its budget (for frame_burst / frame_rate seconds, 4 s by default) only
+        # burns the server's CPU on parsing, and is closed.
+        self._refusals = TokenBucket(endpoint.settings.frame_rate, endpoint.settings.frame_burst)
 
     # ---- outgoing -----------------------------------------------------------------------
     def queue(self, frame: bytes) -> None:
@@ -128,9 +133,18 @@ class Connection:
     def control(self, opcode: int, payload: bytes) -> None:
         """A control frame the client sent (ping), answered through the bounded queue.
         Past the frame rate it goes unanswered: a ping flood costs the server nothing."""
-        if self._frames.take():
+        if self._over_budget():
             return
         self._queue_framed(control_frame(opcode, payload))
+
+    def _over_budget(self) -> float:
+        """Takes a frame token: 0 when the frame is within the rate, else the wait. A flood
+        well past the rate closes the connection (1008 `too_many_frames`)."""
+        wait = self._frames.take()
+        if wait and self._refusals.take():
+            self._endpoint.metrics.errors.labels("too_many_frames").inc()
+            self.close(POLICY_VIOLATION, "too_many_frames")
+        return wait
 
     def heartbeat(self) -> None:
         """The server's own ping, through the same bounded queue."""
@@ -274,7 +288,9 @@ class Connection:
 
     # ---- incoming -----------------------------------------------------------------------
     def handle(self, data: bytes) -> None:
-        wait = self._frames.take()
+        if self._closed:
+            return
+        wait = self._over_budget()
         if wait:
             message = f"Too many frames; retry in {wait:.3f} s."
             self.queue(error_frame("rate_limited", message, wire.ref_of(data)))
@@ -294,7 +310,7 @@ class Connection:
             self._endpoint.spawn(self._guarded(frame))
 
     def handle_binary(self) -> None:
-        if self._frames.take():
+        if self._over_budget():
             return  # over the frame rate: a flood of them is not answered one by one
         self.queue(_BINARY_REFUSED)
 

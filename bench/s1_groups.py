@@ -12,12 +12,13 @@ import asyncio
 import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from bench.common import Result, Settings, progress, rnd
 from bench.s1_postgres import start_servers
 from courier.adapters.pg_store import PgStore
-from courier.cluster.engines import Proc
+from courier.cluster.engines import Proc, remove_postgres_data
 from courier.cluster.local import stop_procs
 from courier.domain.ops import AppendGroupMessage, CreateGroup, CreateUser
 
@@ -109,6 +110,7 @@ async def run(settings: Settings) -> Result:
             figures = await measure([p.url for p in procs], count)
         finally:
             stop_procs(procs)
+            remove_postgres_data(Path(tmp))
     return {
         "workload": "S1G",
         "servers": 2,

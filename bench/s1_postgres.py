@@ -11,7 +11,7 @@ from bench.common import Result, Settings, per_100k, rnd
 from bench.s1_store import timed_appends
 from bench.store_load import IN_FLIGHT
 from courier.adapters.pg_store import PgStore
-from courier.cluster.engines import Proc, start_postgres
+from courier.cluster.engines import Proc, remove_postgres_data, start_postgres
 from courier.cluster.local import stop_procs
 
 USERS = 100
@@ -52,6 +52,7 @@ async def run(settings: Settings) -> Result:
             phases = [await measure(dsns, batch, count, f"s1p{batch}u") for batch in (100, 1000)]
         finally:
             stop_procs(procs)
+            remove_postgres_data(Path(tmp))
     return {
         "workload": "S1P",
         "servers": 2,

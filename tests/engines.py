@@ -17,7 +17,13 @@ from typing import Any
 import asyncpg
 import redis.asyncio as redis
 
-from courier.cluster.engines import Proc, start_nats, start_postgres, start_redis
+from courier.cluster.engines import (
+    Proc,
+    remove_postgres_data,
+    start_nats,
+    start_postgres,
+    start_redis,
+)
 from courier.cluster.local import stop_procs
 
 BACKEND = os.environ.get("COURIER_TEST_BACKEND", "embedded")
@@ -68,4 +74,5 @@ class Engines:
 
     def stop(self) -> None:
         stop_procs(self.procs)
+        remove_postgres_data(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -135,6 +135,14 @@ def _traversable_by_others(path: Path) -> bool:
     return all(os.stat(p).st_mode & stat.S_IXOTH for p in (path, *path.parents))
 
 
+def remove_postgres_data(workdir: Path) -> None:
+    """Delete the PostgreSQL data that had to live outside `workdir` (see start_postgres),
+    once its servers are stopped: whoever removes `workdir` calls this first."""
+    for link in workdir.glob("*.datadir"):
+        shutil.rmtree(link.read_text().strip(), ignore_errors=True)
+        link.unlink()
+
+
 def start_postgres(workdir: Path, name: str) -> Proc:
     """initdb + postgres with durable commits (fsync, synchronous_commit), loopback only.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from typing import Any
 from courier.cluster.engines import (
     EngineError,
     Proc,
+    remove_postgres_data,
     start_nats,
     start_node,
     start_postgres,
@@ -84,10 +84,7 @@ def down(workdir: Path) -> list[str]:
     procs = [Proc(**p) for p in json.loads(state.read_text())["processes"]]
     stop_procs(procs)
     state.unlink()
-    # PostgreSQL data that had to live outside `workdir` (see engines.start_postgres).
-    for link in workdir.glob("*.datadir"):
-        shutil.rmtree(link.read_text().strip(), ignore_errors=True)
-        link.unlink()
+    remove_postgres_data(workdir)
     return [p.name for p in procs]
 
 

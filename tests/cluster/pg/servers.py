@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from courier.cluster.engines import Proc, start_postgres
+from courier.cluster.engines import Proc, remove_postgres_data, start_postgres
 from courier.cluster.local import stop_procs
 
 SERVERS = 2
@@ -45,6 +45,7 @@ class PgCluster:
     def stop(self) -> None:
         stop_procs(self.procs)
         self.procs = []
+        remove_postgres_data(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def dsn(self, index: int, database: str = "postgres") -> str:

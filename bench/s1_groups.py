@@ -9,17 +9,13 @@ bytes of WAL and bytes of table and index growth per server, per table.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from bench.common import Result, Settings, progress, rnd
-from bench.s1_postgres import start_servers
+from bench.s1_postgres import postgres_servers
 from courier.adapters.pg_store import PgStore
-from courier.cluster.engines import Proc, remove_postgres_data
-from courier.cluster.local import stop_procs
 from courier.domain.ops import AppendGroupMessage, CreateGroup, CreateUser
 
 MEMBERS = 1000
@@ -103,14 +99,8 @@ async def measure(dsns: list[str], count: int) -> dict[str, Any]:
 
 async def run(settings: Settings) -> Result:
     count = 100 if settings.quick else 500
-    with tempfile.TemporaryDirectory(prefix="courier-s1g-") as tmp:
-        procs: list[Proc] = []
-        try:
-            await asyncio.to_thread(start_servers, tmp, procs)
-            figures = await measure([p.url for p in procs], count)
-        finally:
-            stop_procs(procs)
-            remove_postgres_data(Path(tmp))
+    async with postgres_servers("courier-s1g-") as dsns:
+        figures = await measure(dsns, count)
     return {
         "workload": "S1G",
         "servers": 2,

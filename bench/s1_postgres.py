@@ -4,7 +4,9 @@ durable appends through the per-server writers, no sockets, at batch 100 and at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bench.common import Result, Settings, per_100k, rnd
@@ -42,17 +44,24 @@ def start_servers(folder: str, procs: list[Proc]) -> None:
         procs.append(start_postgres(root, f"pg{i}"))
 
 
-async def run(settings: Settings) -> Result:
-    count = 20_000 if settings.quick else 100_000
-    with tempfile.TemporaryDirectory(prefix="courier-s1p-") as tmp:
+@contextlib.asynccontextmanager
+async def postgres_servers(prefix: str) -> AsyncIterator[list[str]]:
+    """Two PostgreSQL servers for one run, in a folder of their own: their DSNs. Stopped and
+    removed, data and all, when the run ends."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         procs: list[Proc] = []
         try:
             await asyncio.to_thread(start_servers, tmp, procs)
-            dsns = [p.url for p in procs]
-            phases = [await measure(dsns, batch, count, f"s1p{batch}u") for batch in (100, 1000)]
+            yield [p.url for p in procs]
         finally:
             stop_procs(procs)
             remove_postgres_data(Path(tmp))
+
+
+async def run(settings: Settings) -> Result:
+    count = 20_000 if settings.quick else 100_000
+    async with postgres_servers("courier-s1p-") as dsns:
+        phases = [await measure(dsns, batch, count, f"s1p{batch}u") for batch in (100, 1000)]
     return {
         "workload": "S1P",
         "servers": 2,

@@ -25,7 +25,15 @@ from typing import Any
 
 import msgspec
 
-from courier.adapters.pg_schema import BODY_JOIN, EVENT_SQL, KIND_GROUP_OWN, Conn
+from courier.adapters.pg_schema import (
+    BODY_JOIN,
+    EVENT_SQL,
+    KIND_GROUP_OWN,
+    KIND_IN,
+    KIND_OUT,
+    KIND_RECEIPT,
+    Conn,
+)
 from courier.adapters.pg_sessions import SessionRow, SessionWrites, TokenRow
 from courier.domain.errors import CourierError, bad_request, unknown_user
 from courier.domain.events import (
@@ -48,8 +56,6 @@ from courier.domain.ops import (
     SendResult,
 )
 from courier.domain.shards import shard_of
-
-KIND_IN, KIND_OUT, KIND_RECEIPT = 1, 2, 3
 
 
 # ---- operations of one server ---------------------------------------------------------------

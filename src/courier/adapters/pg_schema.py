@@ -270,7 +270,10 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
-# Timeline kinds of group rows (1 incoming, 2 outgoing, 3 receipt are the 1:1 ones).
+# Timeline kinds: a 1:1 message's incoming and outgoing copies and a receipt; a group
+# message (a member's copy, the author's own) and a membership event. SQL that must match
+# the partial index `timeline_conversation` writes `kind <> 3` literally.
+KIND_IN, KIND_OUT, KIND_RECEIPT = 1, 2, 3
 KIND_GROUP_IN, KIND_GROUP_OWN, KIND_GROUP_EVENT = 4, 5, 6
 
 # A timeline row's event, for queries over `timeline t` joined with BODY_JOIN: its own copy, or
@@ -278,6 +281,8 @@ KIND_GROUP_IN, KIND_GROUP_OWN, KIND_GROUP_EVENT = 4, 5, 6
 # removed the body (the row is expired too: a body's ts is its rows').
 EVENT_SQL = "coalesce(t.event, convert_to('{\"seq\":' || t.seq::text, 'UTF8') || b.tail)"
 BODY_JOIN = " LEFT JOIN group_bodies b ON t.event IS NULL AND b.gid = t.peer AND b.gseq = t.gseq"
+# The row has an event: its own, or a body still there.
+HAS_EVENT = "(t.event IS NOT NULL OR b.tail IS NOT NULL)"
 
 
 async def migrate(conn: Conn) -> list[int]:

@@ -35,7 +35,14 @@ from typing import Any
 import asyncpg
 
 from courier.adapters.pg_movefence import MAP_CHANNEL
-from courier.adapters.pg_schema import FENCE_LOCK, KIND_GROUP_OWN, MIGRATION_LOCK, migrate
+from courier.adapters.pg_schema import (
+    FENCE_LOCK,
+    KIND_GROUP_OWN,
+    KIND_IN,
+    KIND_OUT,
+    MIGRATION_LOCK,
+    migrate,
+)
 from courier.adapters.pg_shardmap import read_shard_map
 from courier.domain.shards import LOGICAL_SHARDS, shard_of
 
@@ -299,11 +306,11 @@ class _Mover:
         # The dedupe key of a copy: (owner, owner, client_id) on an outgoing copy (a group
         # message's author's too), (owner, sender, client_id) on an incoming one (a
         # same-server send has none).
-        outgoing = (2, KIND_GROUP_OWN)
+        outgoing = (KIND_OUT, KIND_GROUP_OWN)
         keys = [
             (r["owner"], r["owner"] if r["kind"] in outgoing else r["peer"], r["client_id"])
             for r in rows
-            if r["client_id"] is not None and r["kind"] in (1, 2, KIND_GROUP_OWN)
+            if r["client_id"] is not None and r["kind"] in (KIND_IN, *outgoing)
         ]
         dedupe = self.tables["dedupe"]
         found = await self.source.fetch(
@@ -326,7 +333,7 @@ class _Mover:
         made: dict[tuple[str, str, str], int] = {}
         for r in rows:
             key = (r["owner"], r["peer"], r["client_id"])
-            if r["kind"] == 1 and r["client_id"] is not None and key not in have:
+            if r["kind"] == KIND_IN and r["client_id"] is not None and key not in have:
                 made.setdefault(key, r["seq"])
         synthesized = [
             tuple(
@@ -373,7 +380,7 @@ class _Mover:
         sent = [
             (shard_of(r["peer"]), r["peer"], r["owner"], r["client_id"], r["counterpart"])
             for r in rows
-            if r["kind"] == 2 and r["client_id"] is not None and r["counterpart"] is not None
+            if r["kind"] == KIND_OUT and r["client_id"] is not None and r["counterpart"] is not None
         ]
         sent = [k for k in sent if k[0] in self.neighbours]
         if not sent or self.source_writer is None:

@@ -63,7 +63,15 @@ from courier.adapters.pg_movefence import (
     merge_fenced,
     op_shards,
 )
-from courier.adapters.pg_schema import BODY_JOIN, EVENT_SQL, KIND_GROUP_IN, Conn, migrate
+from courier.adapters.pg_schema import (
+    BODY_JOIN,
+    EVENT_SQL,
+    HAS_EVENT,
+    KIND_GROUP_IN,
+    KIND_IN,
+    Conn,
+    migrate,
+)
 from courier.adapters.pg_sessions import halves
 from courier.adapters.pg_shardmap import ShardMap, load_shard_map
 from courier.domain.errors import store_unavailable
@@ -776,7 +784,7 @@ class PgStore:
             self.server_of(user),
             f"SELECT t.seq, {EVENT_SQL} FROM timeline t{BODY_JOIN}"
             " WHERE t.shard = $1 AND t.owner = $2 AND t.seq > $3"
-            " AND (t.event IS NOT NULL OR b.tail IS NOT NULL) ORDER BY t.seq LIMIT $4",
+            f" AND {HAS_EVENT} ORDER BY t.seq LIMIT $4",
             shard_of(user),
             user,
             after,
@@ -792,16 +800,17 @@ class PgStore:
         rows = await self._fetch(
             self.server_of(user),
             "SELECT kind, peer, author, max(counterpart),"
-            " array_agg(client_id) FILTER (WHERE counterpart IS NULL AND kind = 1)"
+            " array_agg(client_id) FILTER (WHERE counterpart IS NULL AND kind = $5)"
             " FROM timeline WHERE shard = $1 AND owner = $2 AND seq > $3 AND seq <= $4"
-            " AND kind IN (1, $5) GROUP BY kind, peer, author",
+            " AND kind IN ($5, $6) GROUP BY kind, peer, author",
             shard_of(user),
             user,
             after,
             up_to,
+            KIND_IN,
             KIND_GROUP_IN,
         )
-        direct = [r for r in rows if r[0] == 1]
+        direct = [r for r in rows if r[0] == KIND_IN]
         out: dict[str, int] = {r[1]: r[3] for r in direct if r[3] is not None}
         # Incoming copies written on another server than their outgoing copies: ask the
         # senders' servers (a sender half not written yet simply counts for nothing).
@@ -812,8 +821,8 @@ class PgStore:
             if seq > out.get(peer, 0):
                 out[peer] = seq
         summary = {(peer, ""): seq for peer, seq in out.items()}
-        for _kind, gid, author, seq, _ in rows:
-            if _kind != KIND_GROUP_IN or seq is None:
+        for kind, gid, author, seq, _ in rows:
+            if kind != KIND_GROUP_IN or seq is None:
                 continue
             if await self._group_size(gid) <= RECEIPTS_MAX_MEMBERS:
                 summary[(author, gid)] = seq
@@ -851,8 +860,8 @@ class PgStore:
             f"SELECT c.peer, c.last_seq, {EVENT_SQL}, greatest(c.in_total - c.read_ordinal, 0)"
             " FROM (SELECT * FROM conversations WHERE shard = $1 AND owner = $2"
             "  ORDER BY last_seq DESC LIMIT $3) AS c"
-            f" JOIN timeline t ON t.shard = c.shard AND t.owner = c.owner AND t.seq = c.last_seq"
-            f"{BODY_JOIN} WHERE t.event IS NOT NULL OR b.tail IS NOT NULL"
+            " JOIN timeline t ON t.shard = c.shard AND t.owner = c.owner AND t.seq = c.last_seq"
+            f"{BODY_JOIN} WHERE {HAS_EVENT}"
             " ORDER BY c.last_seq DESC",
             shard_of(user),
             user,
@@ -867,7 +876,7 @@ class PgStore:
             self.server_of(user),
             f"SELECT t.seq, {EVENT_SQL} FROM timeline t{BODY_JOIN}"
             " WHERE t.shard = $1 AND t.owner = $2 AND t.peer = $3 AND t.kind <> 3 AND t.seq < $4"
-            " AND (t.event IS NOT NULL OR b.tail IS NOT NULL) ORDER BY t.seq DESC LIMIT $5",
+            f" AND {HAS_EVENT} ORDER BY t.seq DESC LIMIT $5",
             shard_of(user),
             user,
             peer,

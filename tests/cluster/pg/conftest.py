@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -47,3 +47,18 @@ def users_on(store: PgStore, server: int, count: int, prefix: str = "user") -> l
 async def create_users(store: PgStore, *names: str) -> None:
     for name in names:
         assert await store.submit(CreateUser(name, "hash", 1))
+
+
+async def at_schema(conn: Any, last: int) -> None:
+    """An empty database brought to schema version `last` as that version left it, for a
+    test of the upgrade from it."""
+    from courier.adapters.pg_schema import MIGRATIONS
+
+    await conn.execute(
+        "CREATE TABLE schema_migrations ("
+        " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for version, sql in MIGRATIONS:
+        if version <= last:
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)

@@ -12,12 +12,11 @@ import pytest
 asyncpg = pytest.importorskip("asyncpg", reason="the PostgreSQL store needs asyncpg")
 
 from courier.adapters.pg_groups import PgGroups, Record  # noqa: E402
-from courier.adapters.pg_schema import MIGRATIONS  # noqa: E402
 from courier.adapters.pg_shardmove import move_shard  # noqa: E402
 from courier.adapters.pg_store import PgStore  # noqa: E402
 from courier.domain.ops import AppendGroupMessage, CreateGroup  # noqa: E402
 from courier.domain.shards import shard_of  # noqa: E402
-from tests.cluster.pg.conftest import create_users, users_on  # noqa: E402
+from tests.cluster.pg.conftest import at_schema, create_users, users_on  # noqa: E402
 
 GID = "G" + "c" * 32
 
@@ -132,16 +131,7 @@ async def test_the_claims_of_schema_4_become_watermarks(dsns: list[str]) -> None
     for dsn in dsns:
         conn = await asyncpg.connect(dsn)
         try:
-            await conn.execute(
-                "CREATE TABLE schema_migrations ("
-                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for version, sql in MIGRATIONS:
-                if version <= 4:
-                    await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version) VALUES ($1)", version
-                    )
+            await at_schema(conn, 4)
             shard = shard_of("amy")
             await conn.execute(
                 "INSERT INTO conversations (shard, owner, peer, last_seq, in_total, read_seq,"

@@ -12,6 +12,7 @@ from courier.adapters.pg_schema import MIGRATIONS, migrate  # noqa: E402
 from courier.adapters.pg_shardmap import ShardMapError  # noqa: E402
 from courier.adapters.pg_store import PgStore  # noqa: E402
 from courier.domain.shards import LOGICAL_SHARDS, shard_of  # noqa: E402
+from tests.cluster.pg.conftest import at_schema  # noqa: E402
 
 
 async def test_migrations_apply_once_and_then_are_a_no_op(dsns: list[str]) -> None:
@@ -87,18 +88,11 @@ async def test_a_deployment_of_the_previous_version_is_upgraded_at_open(dsns: li
     from courier.domain.ops import CreateUser
     from courier.service.accounts import hash_token
 
-    previous = [(v, sql) for v, sql in MIGRATIONS if v <= 2]
     tokens = {f"old token {i}": hash_token(f"old token {i}") for i in range(6)}
     for server, dsn in enumerate(dsns):
         conn = await asyncpg.connect(dsn)
         try:
-            await conn.execute(
-                "CREATE TABLE schema_migrations ("
-                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for version, sql in previous:
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            await at_schema(conn, 2)
             for token_hash in tokens.values():
                 if shard_of(token_hash) % 2 == server:  # the first start's round-robin map
                     await conn.execute(

@@ -26,6 +26,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     frame_burst: int = 2000
     typing_rate: float = 5.0
     typing_burst: int = 10
+    search_rate: float = 2.0  # people searches per second per user
+    search_burst: int = 20
     group_max_members: int = 1000  # members of one group, its owner included
     user_max_groups: int = 500  # groups one user may be in
     ws_send_buffer_max: int = 1024 * 1024  # bytes queued for one connection before it is cut
@@ -137,6 +139,8 @@ def _check(s: Settings) -> None:
         "frame_burst",
         "typing_rate",
         "typing_burst",
+        "search_rate",
+        "search_burst",
         "group_max_members",
         "user_max_groups",
         "ws_send_buffer_max",

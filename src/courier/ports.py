@@ -38,6 +38,12 @@ class Store(Protocol):
 
     async def get_user(self, username: str) -> UserRecord | None: ...
 
+    async def search_users(self, term: str, limit: int) -> list[UserRecord]:
+        """Users with a search term (domain.profiles) starting with the folded `term`, at
+        most `limit`, each once, in the order of their first matching term: an index range
+        read."""
+        ...
+
     async def get_token(self, token_hash: bytes) -> TokenRecord | None: ...
 
     async def sessions(self, user: str, limit: int) -> list[SessionRecord]:

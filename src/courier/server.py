@@ -27,6 +27,7 @@ from courier.ports import Broker, Cache, Store
 from courier.service.accounts import Accounts
 from courier.service.delivery import Delivery
 from courier.service.groups import Groups
+from courier.service.profiles import Profiles
 from courier.service.registry import Registry
 from courier.service.retention import run_retention
 from courier.service.throttle import AuthThrottle, ThrottleSettings
@@ -35,6 +36,7 @@ from courier.transport.app import build_app, build_metrics_app
 from courier.transport.http_api import HttpApi
 from courier.transport.http_groups import GroupRoutes
 from courier.transport.http_guard import GuardedHandler
+from courier.transport.http_profiles import ProfileRoutes
 from courier.transport.listener import PortSniffer
 from courier.transport.ws import WsEndpoint, WsSettings
 from courier.transport.ws_lean import LeanFront
@@ -124,6 +126,9 @@ class Server:
             max_members=settings.group_max_members,
             max_groups=settings.user_max_groups,
         )
+        self.profiles = Profiles(
+            self.store, search_rate=settings.search_rate, search_burst=settings.search_burst
+        )
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._metrics_listener: asyncio.Server | None = None
@@ -182,7 +187,11 @@ class Server:
                 pending_sends_max=s.ws_pending_sends_max,
             ),
         )
-        app = build_app(api, ws, s.request_max_bytes, GroupRoutes(api, self.groups).routes())
+        extra = [
+            *GroupRoutes(api, self.groups).routes(),
+            *ProfileRoutes(api, self.profiles).routes(),
+        ]
+        app = build_app(api, ws, s.request_max_bytes, extra)
         # Generous line and header bounds so that long-but-well-formed requests reach the
         # application and get the contract's JSON errors; broken HTTP framing gets them from
         # GuardedHandler.handle_error.

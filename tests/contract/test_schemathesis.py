@@ -56,6 +56,9 @@ STATE_REFUSALS = {
     # way in every regex dialect), refused by the rules.
     "POST /v1/groups": "not only spaces",
     "PATCH /v1/groups/{id}": "not only spaces",
+    # Printable text only, and a query with something to look for: rules, not schema.
+    "PATCH /v1/me": "must not contain control characters",
+    "GET /v1/users": "must contain a letter or a digit",
 }
 
 # Schemathesis' defaults for each check, and what this API adds on purpose:

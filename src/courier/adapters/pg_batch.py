@@ -645,6 +645,15 @@ class PgBatch:
             )
             self._inserted_users = {r[0] for r in rows}
             self.new_users.extend(self._inserted_users)
+            if rows:  # a new user is found by their name at once (pg_profiles)
+                names = [r[0] for r in rows]
+                await conn.execute(
+                    "INSERT INTO user_terms (term, username, shard)"
+                    " SELECT u, u, s FROM unnest($1::text[], $2::int2[]) AS k(u, s)"
+                    " ON CONFLICT DO NOTHING",
+                    names,
+                    _shards(names),
+                )
         if self._rows or self._dedupe_new or self._metas:
             await self._write_rows()
         await self._write_small()

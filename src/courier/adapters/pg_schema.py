@@ -268,6 +268,24 @@ MIGRATIONS: list[tuple[int, str]] = [
         DELETE FROM dedupe WHERE sender LIKE 'G%' AND client_id LIKE 'g%';
         """,
     ),
+    (
+        6,
+        """
+        -- Profiles and people search (see pg_profiles). A user's search terms (domain.profiles:
+        -- the username, the folded display name and its later words) sit on the user's server;
+        -- a search reads the range of terms starting with the query on every server. The
+        -- terms are byte-ordered (COLLATE "C"), so a prefix is a plain index range.
+        ALTER TABLE users ADD COLUMN display_name text NOT NULL DEFAULT '';
+        CREATE TABLE user_terms (
+            term text COLLATE "C" NOT NULL,
+            username text COLLATE "C" NOT NULL,
+            shard smallint NOT NULL,
+            PRIMARY KEY (term, username)
+        );
+        CREATE INDEX user_terms_shard ON user_terms (shard);
+        INSERT INTO user_terms (term, username, shard) SELECT username, username, shard FROM users;
+        """,
+    ),
 ]
 
 # Timeline kinds: a 1:1 message's incoming and outgoing copies and a receipt; a group

@@ -53,6 +53,7 @@ _MOVE_LOCK = MIGRATION_LOCK + 2
 APPENDED = ("timeline", "dedupe")
 MIRRORED = (
     "users",
+    "user_terms",
     "tokens",
     "sessions",
     "heads",

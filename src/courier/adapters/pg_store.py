@@ -63,6 +63,7 @@ from courier.adapters.pg_movefence import (
     merge_fenced,
     op_shards,
 )
+from courier.adapters.pg_profiles import PgProfiles
 from courier.adapters.pg_schema import (
     BODY_JOIN,
     EVENT_SQL,
@@ -89,6 +90,7 @@ from courier.domain.ops import (
     MarkRead,
     PutToken,
     SessionRecord,
+    SetProfile,
     Sweep,
     TokenRecord,
     TouchToken,
@@ -322,6 +324,7 @@ class PgStore:
         self._map_refresh = map_refresh
         self._follower: MapFollower | None = None
         self.groups = PgGroups(self)
+        self.profiles = PgProfiles(self)
         self._sizes: dict[str, tuple[int, float]] = {}
         self._recovery: asyncio.Task[None] | None = None
 
@@ -479,6 +482,8 @@ class PgStore:
             self._spawn(self._settle(fut, self.groups.change(op)))
         elif isinstance(op, AppendGroupMessage):
             self._spawn(self._settle(fut, self.groups.send(op)))
+        elif isinstance(op, SetProfile):
+            self._spawn(self._settle(fut, self.profiles.set_profile(op)))
         return fut
 
     async def _settle(self, fut: asyncio.Future[Any], work: Any) -> None:
@@ -725,10 +730,13 @@ class PgStore:
     async def get_user(self, username: str) -> UserRecord | None:
         row = await self._fetchrow(
             self.server_of(username),
-            "SELECT password_hash, created FROM users WHERE username = $1",
+            "SELECT password_hash, created, display_name FROM users WHERE username = $1",
             username,
         )
-        return None if row is None else UserRecord(username, row[0], row[1])
+        return None if row is None else UserRecord(username, row[0], row[1], row[2])
+
+    async def search_users(self, term: str, limit: int) -> list[UserRecord]:
+        return await self.profiles.search(term, limit)
 
     async def get_token(self, token_hash: bytes) -> TokenRecord | None:
         row = await self._fetchrow(

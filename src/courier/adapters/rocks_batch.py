@@ -16,6 +16,7 @@ from rocksdict import Rdict, WriteBatch
 from courier.adapters import rocks_keys as K
 from courier.adapters.rocks_groups import GroupCache, GroupOps
 from courier.adapters.rocks_lines import Line, Lines
+from courier.adapters.rocks_social import SocialOps
 from courier.adapters.rocks_timeline import entry_at, log_authors, read_head, run_ranges
 from courier.adapters.rocks_timeline import run_end as run_end_committed
 from courier.domain.errors import CourierError, bad_request, unknown_user
@@ -42,6 +43,7 @@ from courier.domain.ops import (
     Published,
     PutToken,
     SendResult,
+    SetProfile,
     Sweep,
     TokenRecord,
     TouchToken,
@@ -53,7 +55,7 @@ _MISSING = object()
 READ_SCAN_MAX = 1000  # conversation entries a group read marker looks at for receipts
 
 
-class Batch(GroupOps):
+class Batch(GroupOps, SocialOps):
     def __init__(
         self,
         db: Rdict,
@@ -231,6 +233,7 @@ class Batch(GroupOps):
             return False
         record = UserRecord(op.username, op.password_hash, op.ts)
         self.put(key, msgspec.msgpack.encode(record))
+        self.index_user(record)
         self.new_users.append(op.username)
         return True
 
@@ -559,6 +562,7 @@ _HANDLERS: dict[type, str] = {
     PutToken: "put_token",
     DeleteToken: "delete_token",
     TouchToken: "touch_token",
+    SetProfile: "set_profile",
     AppendMessage: "append_message",
     AdvanceAck: "advance_ack",
     MarkRead: "mark_read",

@@ -51,6 +51,21 @@ def session_key(user: str, session_id: str) -> bytes:
 # The layout's version, absent in stores written before sessions were indexed by user.
 FORMAT_KEY = b"\x00format"
 FORMAT_SESSIONS = 1
+FORMAT_PROFILES = 2  # every user has search terms
+
+
+def term_key(term: str, user: str) -> bytes:
+    """A search term of `user` (domain.profiles): a prefix seek finds the users whose
+    terms start with a query. Terms are printable text, so they hold no NUL."""
+    return b"x" + term.encode() + SEP + _u(user)
+
+
+def term_prefix(term: str) -> bytes:
+    return b"x" + term.encode()
+
+
+def user_of_term_key(key: bytes) -> str:
+    return key[key.rindex(SEP) + 1 :].decode()
 
 
 def head_key(user: str) -> bytes:

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 _Item = tuple[WriteOp, "asyncio.Future[Any]"]
 MAX_OPEN_FILES = 512
 SESSIONS_SCAN_MAX = 1000  # session keys read per listing, whatever a user holds
+SEARCH_SCAN_MAX = 200  # index keys a people search reads (a user has a few terms)
 RECEIPT_SCAN_MAX = 5000  # group log entries an ack looks at for delivered receipts
 
 
@@ -119,7 +120,7 @@ class RocksStore:
         self._db = Rdict(self._path, opts, column_families={"default": opts})
         self._loop = asyncio.get_running_loop()
         self._wal_broken = False
-        await asyncio.to_thread(self._index_sessions)
+        await asyncio.to_thread(self._upgrade)
         self._thread = threading.Thread(target=self._run, name="courier-store-writer", daemon=True)
         self._thread.start()
 
@@ -142,13 +143,31 @@ class RocksStore:
             raise store_unavailable()
         return self._db
 
-    def _index_sessions(self) -> None:
-        """Once, on a store written before sessions were listed: every token joins its
-        user's sessions, as last used now (its real last use was never recorded). Runs
-        before the writer starts, so it is the only mutator."""
+    def _upgrade(self) -> None:
+        """Bring a store written by an older layout to the current one (FORMAT_KEY). Runs
+        before the writer starts, so it is the only mutator; each step is one WriteBatch."""
         db = self.db
-        if db.get(K.FORMAT_KEY) is not None:
-            return
+        raw = db.get(K.FORMAT_KEY)
+        found = K.unpack_u64(raw) if raw is not None else 0
+        if found > K.FORMAT_PROFILES:
+            raise RuntimeError(
+                f"this data dir has store format {found}, newer than this Courier reads"
+                f" ({K.FORMAT_PROFILES}); run the release that wrote it"
+            )
+        if found < K.FORMAT_SESSIONS:
+            self._index_sessions()
+        if found < K.FORMAT_PROFILES:
+            self._index_profiles()
+
+    def _write_now(self, batch: Batch) -> None:
+        opts = WriteOptions()
+        opts.sync = self._sync
+        self.db.write(batch.wb, opts)
+
+    def _index_sessions(self) -> None:
+        """A store written before sessions were listed: every token joins its user's
+        sessions, as last used now (its real last use was never recorded)."""
+        db = self.db
         now = int(time.time() * 1000)
         batch = Batch(db, set())
         it = db.iter()
@@ -162,11 +181,28 @@ class RocksStore:
                 found += 1
             it.next()
         batch.put(K.FORMAT_KEY, K.pack_u64(K.FORMAT_SESSIONS))
-        opts = WriteOptions()
-        opts.sync = self._sync
-        db.write(batch.wb, opts)
+        self._write_now(batch)
         if found:
             log.info("indexed %d tokens by user (sessions listing)", found)
+
+    def _index_profiles(self) -> None:
+        """A store written before people could be searched: every user gets their terms."""
+        db = self.db
+        batch = Batch(db, set())
+        it = db.iter()
+        it.seek(K.USER_PREFIX)
+        found = 0
+        while it.valid() and it.key().startswith(K.USER_PREFIX):
+            batch.index_user(msgspec.msgpack.decode(it.value(), type=UserRecord))
+            found += 1
+            if found % 10_000 == 0:  # bounded batches on a large store
+                self._write_now(batch)
+                batch = Batch(db, set())
+            it.next()
+        batch.put(K.FORMAT_KEY, K.pack_u64(K.FORMAT_PROFILES))
+        self._write_now(batch)
+        if found:
+            log.info("indexed %d users for people search", found)
 
     # ---- writes -------------------------------------------------------------------------
     def submit(self, op: WriteOp) -> asyncio.Future[Any]:
@@ -276,6 +312,26 @@ class RocksStore:
     async def get_user(self, username: str) -> UserRecord | None:
         raw = self.db.get(K.user_key(username))
         return None if raw is None else msgspec.msgpack.decode(raw, type=UserRecord)
+
+    async def search_users(self, term: str, limit: int) -> list[UserRecord]:
+        """Users with a search term starting with `term` (folded), in term order, each once;
+        the seek reads at most SEARCH_SCAN_MAX index keys whatever matches."""
+        prefix = K.term_prefix(term)
+        it = self.db.iter()
+        it.seek(prefix)
+        names: dict[str, None] = {}
+        scanned = 0
+        while len(names) < limit and scanned < SEARCH_SCAN_MAX and it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            names[K.user_of_term_key(key)] = None
+            scanned += 1
+            it.next()
+        if not names:
+            return []
+        raws = self._multi_get([K.user_key(u) for u in names])
+        return [msgspec.msgpack.decode(r, type=UserRecord) for r in raws if r is not None]
 
     async def get_token(self, token_hash: bytes) -> TokenRecord | None:
         raw = self.db.get(K.token_key(token_hash))

@@ -59,6 +59,14 @@ class TouchToken(msgspec.Struct, frozen=True):
     created: int = 0
 
 
+class SetProfile(msgspec.Struct, frozen=True):
+    """`username`'s display name (already cleaned) and its search terms change together;
+    the result is the UserRecord after the change, or None for an unknown user."""
+
+    username: str
+    display_name: str
+
+
 class AppendMessage(msgspec.Struct, frozen=True):
     """A 1:1 message: appended to the recipient's timeline, then to the sender's."""
 
@@ -190,6 +198,7 @@ WriteOp = (
     | PutToken
     | DeleteToken
     | TouchToken
+    | SetProfile
     | AppendMessage
     | AppendGroupMessage
     | CreateGroup
@@ -202,9 +211,12 @@ WriteOp = (
 
 
 class UserRecord(msgspec.Struct, frozen=True):
+    """A user as stored; records written before profiles decode with no display name."""
+
     username: str
     password_hash: str
     created: int
+    display_name: str = ""
 
 
 class TokenRecord(msgspec.Struct, frozen=True):

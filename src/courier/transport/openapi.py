@@ -23,6 +23,7 @@ from courier.service.delivery import (
 )
 from courier.transport import wire
 from courier.transport.openapi_groups import group_components, group_paths
+from courier.transport.openapi_profiles import profile_components, profile_paths
 from courier.transport.wire_seq import SEQ_MAX  # also the bound of a seq cursor in a query
 
 _REF = "#/components/schemas/{name}"
@@ -296,7 +297,17 @@ def _components(limits: Limits) -> dict[str, Any]:
     _exactly_one(components["ReadBody"], "peer", "group")
     components.update({"Event": _EVENT, "Error": _ERROR, "Sent": _SENT, "Session": _SESSION})
     components.update(group_components())
+    components.update(profile_components())
     return components
+
+
+def _merged(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Path items of several parts; a path in two of them (`/v1/users`) gets both's methods."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for path, item in part.items():
+            out[path] = {**out.get(path, {}), **item}
+    return out
 
 
 def _exactly_one(schema: dict[str, Any], a: str, b: str) -> None:
@@ -718,7 +729,7 @@ def build_openapi(limits: Limits | None = None) -> dict[str, Any]:
             ' `{"error": {"code", "message"}}`, also for malformed HTTP (400, 413, 431) and'
             " for a request head that does not arrive in time (408).",
         },
-        "paths": {**paths, **group_paths(secured, limit_history)},
+        "paths": _merged(paths, group_paths(secured, limit_history), profile_paths(secured)),
         "components": {
             "schemas": _components(limits),
             "responses": _shared(limits),

@@ -49,6 +49,10 @@ class SendBody(msgspec.Struct):
     group: GroupId | None = None
 
 
+class ProfileBody(msgspec.Struct):
+    display_name: str  # 0..64 code points, checked by the service
+
+
 class CreateGroupBody(msgspec.Struct):
     name: GroupName
     members: MembersList = msgspec.field(default_factory=list)

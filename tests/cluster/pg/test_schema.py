@@ -130,3 +130,28 @@ async def test_a_deployment_of_the_previous_version_is_upgraded_at_open(dsns: li
                 await conn.close()
     finally:
         await store.close()
+
+
+async def test_users_of_an_older_schema_are_found_by_name_after_the_upgrade(
+    dsns: list[str],
+) -> None:
+    for dsn in dsns:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await at_schema(conn, 5)
+            await conn.execute(
+                "INSERT INTO users (username, shard, password_hash, created)"
+                " VALUES ('alice', $1, 'h', 1), ('alfred', $2, 'h', 1)",
+                shard_of("alice"),
+                shard_of("alfred"),
+            )
+        finally:
+            await conn.close()
+    store = PgStore(dsns)
+    await store.open()
+    try:
+        found = await store.search_users("al", 10)
+        # Both servers had both rows (the test wrote them everywhere): each user once.
+        assert [(u.username, u.display_name) for u in found] == [("alfred", ""), ("alice", "")]
+    finally:
+        await store.close()

@@ -1,0 +1,39 @@
+"""HTTP routes of profiles and people search (PROTOCOL.md, "Profiles and finding people")."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from courier.domain.profiles import SEARCH_LIMIT_DEFAULT
+from courier.service.profiles import Profiles
+from courier.transport import wire
+from courier.transport.http_api import HttpApi, json_response, limit_param
+
+
+class ProfileRoutes:
+    def __init__(self, api: HttpApi, profiles: Profiles) -> None:
+        self.api = api
+        self.profiles = profiles
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/v1/me", self.me),
+            web.patch("/v1/me", self.update),
+            web.get("/v1/users", self.search),
+        ]
+
+    async def me(self, request: web.Request) -> web.Response:
+        session = await self.api.session(request)
+        return json_response(await self.profiles.me(session))
+
+    async def update(self, request: web.Request) -> web.Response:
+        session = await self.api.session(request)
+        body = await self.api.decode(request, wire.ProfileBody)
+        return json_response(await self.profiles.set_display_name(session, body.display_name))
+
+    async def search(self, request: web.Request) -> web.Response:
+        session = await self.api.session(request)
+        q = request.query.get("q", "")
+        limit = limit_param(request, SEARCH_LIMIT_DEFAULT)
+        users = await self.profiles.search(session, q, limit)
+        return json_response({"users": users})

@@ -1,0 +1,109 @@
+"""The profiles part of the OpenAPI description (PROTOCOL.md, "Profiles and finding people")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from courier.domain.profiles import (
+    DISPLAY_NAME_MAX,
+    QUERY_MAX,
+    SEARCH_LIMIT_DEFAULT,
+    SEARCH_LIMIT_MAX,
+)
+from courier.transport.openapi_groups import _answers, _body, _error, _json, _ref
+
+_PROFILE = {
+    "type": "object",
+    "required": ["username", "display_name"],
+    "properties": {
+        "username": {"type": "string"},
+        "display_name": {"type": "string", "maxLength": DISPLAY_NAME_MAX},
+    },
+}
+
+
+def profile_components() -> dict[str, Any]:
+    return {
+        "Profile": _PROFILE,
+        "ProfileBody": {
+            "type": "object",
+            "required": ["display_name"],
+            "properties": {
+                "display_name": {
+                    "type": "string",
+                    "maxLength": DISPLAY_NAME_MAX,
+                    "description": "Printable text; spaces are tidied; empty clears it.",
+                }
+            },
+        },
+    }
+
+
+def profile_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
+    profile = {"description": "The caller's profile", **_json(_ref("Profile"))}
+    return {
+        "/v1/me": {
+            "get": {
+                "operationId": "me",
+                "summary": "The caller's profile",
+                "security": secured,
+                "responses": _answers({"200": profile}),
+            },
+            "patch": {
+                "operationId": "updateMe",
+                "summary": "Set (or clear, with an empty string) the caller's display name",
+                "security": secured,
+                "requestBody": _body("ProfileBody"),
+                "responses": _answers({"200": profile}, body=True),
+            },
+        },
+        "/v1/users": {
+            "get": {
+                "operationId": "searchUsers",
+                "summary": "Users whose username or display name (or a word of it) starts"
+                " with q; case and accents do not matter",
+                "security": secured,
+                "parameters": [
+                    {
+                        "name": "q",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": QUERY_MAX},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": f"A value above {SEARCH_LIMIT_MAX} is served as"
+                        f" {SEARCH_LIMIT_MAX}.",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "default": SEARCH_LIMIT_DEFAULT,
+                        },
+                    },
+                ],
+                "responses": _answers(
+                    {
+                        "200": {
+                            "description": "Matching users, best first",
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "required": ["users"],
+                                    "properties": {
+                                        "users": {"type": "array", "items": _ref("Profile")}
+                                    },
+                                }
+                            ),
+                        },
+                        "400": _error(
+                            "`bad_request`: q is missing, longer than"
+                            f" {QUERY_MAX} characters or has no letter or digit; or limit is"
+                            " not a positive integer."
+                        ),
+                    }
+                ),
+            }
+        },
+    }

@@ -119,6 +119,13 @@ def _notes(r: Result) -> str:
             f"deliveries/s, {_fmt(r.get('wal_bytes_per_group_message'))} B of WAL and "
             f"{_fmt(r.get('table_bytes_per_group_message_total'))} B of tables per message"
         )
+    if w == "P1":
+        for store, f in (r.get("stores") or {}).items():
+            lat = f.get("latency_ms", {})
+            notes.append(
+                f"{store}: {_fmt(r.get('users'))} users, search p50 {_fmt(lat.get('p50'))} / "
+                f"p99 {_fmt(lat.get('p99'))} ms, {_fmt(f.get('searches_per_s'))}/s one at a time"
+            )
     if w == "W4":
         notes.append(f"store of {_fmt(r.get('store_messages'))} messages, {r.get('pages')} pages")
     if r.get("error"):

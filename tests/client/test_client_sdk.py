@@ -247,3 +247,17 @@ async def test_sends_over_the_rate_limit_wait_and_get_through(server: Server, us
     own = await listening
     assert_gap_free(own, 1)
     assert sorted(bodies(own)) == sorted(f"burst {n}" for n in range(count))
+
+
+async def test_profiles_and_people_search(server: Server, users: Users) -> None:
+    alice, bob = await users(server.url), await users(server.url)
+    assert alice.username and bob.username
+    async with Client(server.url, alice.token) as client:
+        assert (await client.me()).display_name == ""
+        assert (await client.set_display_name("Alice Zephyr")).display_name == "Alice Zephyr"
+    async with Client(server.url, bob.token) as client:
+        found = await client.search_users("zeph")
+        assert [(p.username, p.display_name) for p in found] == [(alice.username, "Alice Zephyr")]
+        with pytest.raises(CourierError) as err:
+            await client.search_users(" ")
+        assert err.value.code == "bad_request"

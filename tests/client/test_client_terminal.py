@@ -161,3 +161,15 @@ async def test_errors_are_reported(server: Server, users: Users, tmp_path: Path)
         "wrong password",
     )
     assert code == 1 and "invalid_credentials" in err
+
+
+async def test_me_and_users(server: Server, users: Users, tmp_path: Path) -> None:
+    alice = await users(server.url)
+    assert alice.username and alice.token
+    env = cli_env(tmp_path / "none.toml", COURIER_URL=server.url, COURIER_TOKEN=alice.token)
+    code, out, err = await courier(env, "me", "--name", "Queen Of Hearts")
+    assert code == 0 and not err, err
+    assert out.strip() == f"{alice.username}\tQueen Of Hearts"
+    code, out, err = await courier(env, "users", "queen", "of")
+    assert code == 0 and not err, err
+    assert out.strip() == f"{alice.username}\tQueen Of Hearts"

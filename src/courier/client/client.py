@@ -14,7 +14,16 @@ import aiohttp
 
 from courier.client.backoff import backoff
 from courier.client.errors import AuthError, ConnectionLost, CourierError, RateLimited
-from courier.client.events import Conversation, Event, Group, Hello, HistoryPage, Sent, Typing
+from courier.client.events import (
+    Conversation,
+    Event,
+    Group,
+    Hello,
+    HistoryPage,
+    Profile,
+    Sent,
+    Typing,
+)
 from courier.client.http import HttpApi
 from courier.client.ws import Subscription
 
@@ -175,6 +184,20 @@ class Client:
     async def typing(self, to: str) -> bool:
         """Tell ``to`` we are typing; only possible over a live WebSocket, else returns False."""
         return await self._frame({"type": "typing", "to": to})
+
+    # -- profiles ----------------------------------------------------------------------------
+
+    async def me(self) -> Profile:
+        """Our username and display name."""
+        return await self._http().me()
+
+    async def set_display_name(self, display_name: str) -> Profile:
+        """Set our display name (0..64 characters; "" clears it)."""
+        return await self._http().set_display_name(display_name)
+
+    async def search_users(self, q: str, limit: int = 10) -> list[Profile]:
+        """Users whose username or display name (or a word of it) starts with ``q``."""
+        return await self._http().search_users(q, limit)
 
     # -- groups ------------------------------------------------------------------------------
 

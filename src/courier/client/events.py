@@ -147,6 +147,17 @@ class GroupList(msgspec.Struct):
     groups: list[Group]
 
 
+class Profile(msgspec.Struct):
+    """A user as others see them: the username and the display name ("" when unset)."""
+
+    username: str
+    display_name: str = ""
+
+
+class ProfileList(msgspec.Struct):
+    users: list[Profile]
+
+
 class Session(msgspec.Struct):
     token: str
     username: str

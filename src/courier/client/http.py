@@ -16,6 +16,8 @@ from courier.client.events import (
     Group,
     GroupList,
     HistoryPage,
+    Profile,
+    ProfileList,
     RawConversationList,
     RawEventPage,
     RawHistoryPage,
@@ -130,6 +132,18 @@ class HttpApi:
         if before is not None:
             params["before"] = str(before)
         return history_page(await self._get(path, RawHistoryPage, params=params))
+
+    # -- profiles ------------------------------------------------------------------------------
+    async def me(self) -> Profile:
+        return await self._get("/v1/me", Profile)
+
+    async def set_display_name(self, display_name: str) -> Profile:
+        _, body = await self._call("PATCH", "/v1/me", json={"display_name": display_name})
+        return msgspec.json.decode(body, type=Profile)
+
+    async def search_users(self, q: str, limit: int = 10) -> list[Profile]:
+        params = {"q": q, "limit": str(limit)}
+        return (await self._get("/v1/users", ProfileList, params=params)).users
 
     # -- groups --------------------------------------------------------------------------------
     async def create_group(self, name: str, members: list[str]) -> Group:

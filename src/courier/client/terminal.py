@@ -398,6 +398,28 @@ async def _group(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _me(args: argparse.Namespace) -> int:
+    """`courier me [--name NAME]`: show our profile, or set our display name first."""
+    url, token = resolve(args)
+    async with Client(url, token) as client:
+        if args.name is not None:
+            profile = await client.set_display_name(args.name)
+        else:
+            profile = await client.me()
+    _say(f"{profile.username}\t{profile.display_name}")
+    return 0
+
+
+async def _users(args: argparse.Namespace) -> int:
+    """`courier users QUERY`: people whose username or display name starts with QUERY."""
+    url, token = resolve(args)
+    async with Client(url, token) as client:
+        found = await client.search_users(" ".join(args.query), args.limit)
+    for profile in found:
+        _say(f"{profile.username}\t{profile.display_name}")
+    return 0
+
+
 async def _stdin_lines() -> AsyncIterator[str]:
     """Lines of stdin, read on a daemon thread so a blocked read never holds up exit."""
     loop = asyncio.get_running_loop()
@@ -459,6 +481,15 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     chat.add_argument("user", help="the other person, or a group id")
     chat.add_argument("--history", type=int, default=20, help="messages of history to show")
     chat.set_defaults(func=_command(_chat))
+
+    me = subparsers.add_parser("me", parents=[auth], help="show (or set) your display name")
+    me.add_argument("--name", help='set your display name ("" clears it)')
+    me.set_defaults(func=_command(_me))
+
+    users = subparsers.add_parser("users", parents=[auth], help="find people by name")
+    users.add_argument("query", nargs="+", help="the start of a username or display name")
+    users.add_argument("--limit", type=int, default=10, help="at most this many (max 20)")
+    users.set_defaults(func=_command(_users))
 
     group = subparsers.add_parser(
         "group",

@@ -44,6 +44,14 @@ class Store(Protocol):
         read."""
         ...
 
+    async def blocks(self, owner: str, limit: int) -> list[str]:
+        """The users `owner` has blocked, in name order, at most `limit`."""
+        ...
+
+    async def blocked(self, owner: str, other: str) -> bool:
+        """`owner` has blocked `other`: a point read."""
+        ...
+
     async def get_token(self, token_hash: bytes) -> TokenRecord | None: ...
 
     async def sessions(self, user: str, limit: int) -> list[SessionRecord]:

@@ -25,6 +25,7 @@ from courier.config import Settings
 from courier.metrics import Metrics
 from courier.ports import Broker, Cache, Store
 from courier.service.accounts import Accounts
+from courier.service.blocks import Blocks
 from courier.service.delivery import Delivery
 from courier.service.groups import Groups
 from courier.service.profiles import Profiles
@@ -129,6 +130,7 @@ class Server:
         self.profiles = Profiles(
             self.store, search_rate=settings.search_rate, search_burst=settings.search_burst
         )
+        self.blocks = Blocks(self.store)
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._metrics_listener: asyncio.Server | None = None
@@ -189,7 +191,7 @@ class Server:
         )
         extra = [
             *GroupRoutes(api, self.groups).routes(),
-            *ProfileRoutes(api, self.profiles).routes(),
+            *ProfileRoutes(api, self.profiles, self.blocks).routes(),
         ]
         app = build_app(api, ws, s.request_max_bytes, extra)
         # Generous line and header bounds so that long-but-well-formed requests reach the

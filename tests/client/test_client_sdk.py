@@ -261,3 +261,13 @@ async def test_profiles_and_people_search(server: Server, users: Users) -> None:
         with pytest.raises(CourierError) as err:
             await client.search_users(" ")
         assert err.value.code == "bad_request"
+
+
+async def test_blocks(server: Server, users: Users) -> None:
+    alice, bob = await users(server.url), await users(server.url)
+    assert alice.username and bob.username
+    async with Client(server.url, alice.token) as client:
+        await client.block(bob.username)
+        assert await client.blocks() == [bob.username]
+        await client.unblock(bob.username)
+        assert await client.blocks() == []

@@ -173,3 +173,14 @@ async def test_me_and_users(server: Server, users: Users, tmp_path: Path) -> Non
     code, out, err = await courier(env, "users", "queen", "of")
     assert code == 0 and not err, err
     assert out.strip() == f"{alice.username}\tQueen Of Hearts"
+
+
+async def test_block_list_and_unblock(server: Server, users: Users, tmp_path: Path) -> None:
+    alice, bob = await users(server.url), await users(server.url)
+    assert alice.token and bob.username
+    env = cli_env(tmp_path / "none.toml", COURIER_URL=server.url, COURIER_TOKEN=alice.token)
+    assert (await courier(env, "block", bob.username))[1].strip() == f"blocked {bob.username}"
+    assert (await courier(env, "block"))[1].strip() == bob.username
+    assert (await courier(env, "unblock", bob.username))[1].strip() == f"unblocked {bob.username}"
+    code, out, err = await courier(env, "block")
+    assert code == 0 and out == "" and not err

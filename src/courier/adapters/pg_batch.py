@@ -174,6 +174,7 @@ class _Keys:
     heads: set[str] = field(default_factory=set)
     acks: set[tuple[str, str]] = field(default_factory=set)
     receipts: set[tuple[str, str, str]] = field(default_factory=set)
+    blocks: set[tuple[str, str]] = field(default_factory=set)  # (owner, blocked)
 
 
 def _message(op: AppendMessage, id_: str, ts: int, body: str) -> Callable[[int], bytes]:
@@ -214,6 +215,7 @@ class PgBatch:
         self._slots: list[Slot] = []
         self._rows: list[_Row] = []
         self._inserted_users: set[str] = set()
+        self._blocked: set[tuple[str, str]] = set()  # (owner, blocked) among the batch's
 
     # ---- the whole batch ----------------------------------------------------------------
     async def run(self, ops: list[ServerOp]) -> list[Any]:
@@ -239,11 +241,13 @@ class PgBatch:
                 keys.dedupe.add((m.sender, m.sender, m.client_id))
                 keys.users.add(m.recipient)
                 keys.metas.update(((m.recipient, m.sender), (m.sender, m.recipient)))
+                keys.blocks.add((m.recipient, m.sender))
             elif isinstance(op, RecipientSide):
                 m = op.op
                 keys.dedupe.add((m.recipient, m.sender, m.client_id))
                 keys.users.add(m.recipient)
                 keys.metas.add((m.recipient, m.sender))
+                keys.blocks.add((m.recipient, m.sender))
             elif isinstance(op, SenderSide):
                 m = op.op
                 keys.dedupe.add((m.sender, m.sender, m.client_id))
@@ -260,6 +264,8 @@ class PgBatch:
                 peer = f"{op.group}/{op.peer}" if op.group else op.peer
                 keys.receipts.add((op.owner, peer, op.status))
                 keys.receipts.add((op.owner, peer, "delivered"))
+                if not op.group:
+                    keys.blocks.add((op.owner, op.peer))
         keys.users -= self.known_users
         if keys.heads:
             # This batch reads heads: it locks every head it may advance in the same sorted
@@ -325,6 +331,17 @@ class PgBatch:
                 s,
             ):
                 self._markers[(r[0], r[1], r[2])] = r[3]
+        if keys.blocks:
+            o, b = _columns(sorted(keys.blocks), 2)
+            for r in await conn.fetch(
+                "SELECT k.o, k.b FROM unnest($1::int2[], $2::text[], $3::text[]) AS k(h, o, b)"
+                " WHERE EXISTS (SELECT 1 FROM blocks x WHERE x.shard = k.h AND x.owner = k.o"
+                " AND x.blocked = k.b)",
+                _shards(o),
+                o,
+                b,
+            ):
+                self._blocked.add((r[0], r[1]))
         reads = [(i, op) for i, op in enumerate(ops) if isinstance(op, MarkRead)]
         if reads:
             # The newest conversation row at or before the (clamped) marker; rows written by
@@ -474,6 +491,8 @@ class PgBatch:
             raise bad_request("A message needs a recipient other than its sender.")
         if not self._user_exists(op.recipient):
             raise unknown_user(op.recipient)
+        if (op.recipient, op.sender) in self._blocked:
+            return self._outgoing_only(op, key)
         rseq, sseq = self._slot(op.recipient), self._slot(op.sender)
 
         make = _message(op, op.id, op.ts, op.body)
@@ -496,6 +515,18 @@ class PgBatch:
         self._take_key(key, sseq, answer)
         return answer
 
+    def _outgoing_only(self, op: AppendMessage, key: tuple[str, str, str]) -> Any:
+        """A send to someone who blocked the sender: the outgoing copy alone."""
+        sseq = self._slot(op.sender)
+        row = self._outgoing_row(op, sseq, 0, op.ts, _message(op, op.id, op.ts, op.body))
+
+        def answer() -> SendResult:
+            outgoing = Published(op.sender, sseq.seq, row.event)
+            return SendResult(op.id, sseq.seq, op.ts, op.client_id, False, (outgoing,))
+
+        self._take_key(key, sseq, answer)
+        return answer
+
     def _recipient_side(self, op: AppendMessage) -> Any:
         key = (op.recipient, op.sender, op.client_id)
         dup = self._dedupe.get(key)
@@ -514,6 +545,10 @@ class PgBatch:
             return Incoming(dup.seq, dup.event, ev.id, ev.ts, ev.body, False)
         if not self._user_exists(op.recipient):
             raise unknown_user(op.recipient)
+        if (op.recipient, op.sender) in self._blocked:
+            # No copy and no key here: the sender's half stores the outgoing copy alone. (A
+            # retry of it after an unblock would deliver it: the retry is a new attempt.)
+            return Incoming(0, b"", op.id, op.ts, op.body, True)
         rseq = self._slot(op.recipient)
         row = self._incoming_row(op, rseq, None, _message(op, op.id, op.ts, op.body))
 
@@ -532,16 +567,16 @@ class PgBatch:
         row = self._outgoing_row(op, sseq, inc.seq, inc.ts, _message(op, inc.id, inc.ts, inc.body))
 
         def answer() -> SendResult:
+            outgoing = Published(op.sender, sseq.seq, row.event)
+            if not inc.seq:  # the recipient blocked the sender: no incoming copy
+                return SendResult(inc.id, sseq.seq, inc.ts, op.client_id, False, (outgoing,))
             return SendResult(
                 inc.id,
                 sseq.seq,
                 inc.ts,
                 op.client_id,
                 False,
-                (
-                    Published(op.recipient, inc.seq, inc.event),
-                    Published(op.sender, sseq.seq, row.event),
-                ),
+                (Published(op.recipient, inc.seq, inc.event), outgoing),
             )
 
         self._take_key(key, sseq, answer)
@@ -575,6 +610,8 @@ class PgBatch:
         return _v(in_cp) or 0
 
     def _append_receipt(self, op: AppendReceipt) -> Any:
+        if not op.group and (op.owner, op.peer) in self._blocked:
+            return None  # the owner blocked the reader: no receipt from them
         # A group's markers are per (owner, group/member, status): "/" is in no name or id.
         marker_peer = f"{op.group}/{op.peer}" if op.group else op.peer
         key = (op.owner, marker_peer, op.status)

@@ -1,10 +1,11 @@
-"""Profiles and people search on the cluster store.
+"""Profiles, people search and blocks on the cluster store.
 
 A user's record and search terms (domain.profiles) live on the user's server and change in
 one transaction there, under the shard fence like every write (a change to a shard moving
 away is refused with store_unavailable and retried by the client). A search asks every
 server for the range of terms starting with the query, in parallel, and merges the answers
-in term order: each server reads its index range and nothing else.
+in term order: each server reads its index range and nothing else. A block is a row of the
+blocker's (`blocks`), written like a profile and read by the writer batches on that server.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from courier.adapters.pg_movefence import frozen_shards
 from courier.domain.errors import store_unavailable
-from courier.domain.ops import SetProfile, UserRecord
+from courier.domain.ops import SetBlock, SetProfile, UserRecord
 from courier.domain.profiles import TOP, search_terms
 from courier.domain.shards import shard_of
 
@@ -33,6 +34,48 @@ _SEARCH = (
 class PgProfiles:
     def __init__(self, store: PgStore) -> None:
         self.store = store
+
+    async def set_block(self, op: SetBlock) -> None:
+        store = self.store
+        shard = shard_of(op.owner)
+        async with store._conn(store.server_of(op.owner)) as conn, conn.transaction():
+            if shard in await frozen_shards(conn):
+                raise store_unavailable()  # the owner's shard is moving: retry
+            if op.on:
+                await conn.execute(
+                    "INSERT INTO blocks (shard, owner, blocked) VALUES ($1, $2, $3)"
+                    " ON CONFLICT DO NOTHING",
+                    shard,
+                    op.owner,
+                    op.target,
+                )
+            else:
+                await conn.execute(
+                    "DELETE FROM blocks WHERE shard = $1 AND owner = $2 AND blocked = $3",
+                    shard,
+                    op.owner,
+                    op.target,
+                )
+
+    async def blocks(self, owner: str, limit: int) -> list[str]:
+        rows = await self.store._fetch(
+            self.store.server_of(owner),
+            "SELECT blocked FROM blocks WHERE shard = $1 AND owner = $2 ORDER BY blocked LIMIT $3",
+            shard_of(owner),
+            owner,
+            limit,
+        )
+        return [r[0] for r in rows]
+
+    async def blocked(self, owner: str, other: str) -> bool:
+        row = await self.store._fetchrow(
+            self.store.server_of(owner),
+            "SELECT 1 FROM blocks WHERE shard = $1 AND owner = $2 AND blocked = $3",
+            shard_of(owner),
+            owner,
+            other,
+        )
+        return row is not None
 
     async def set_profile(self, op: SetProfile) -> UserRecord | None:
         store = self.store

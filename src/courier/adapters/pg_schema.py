@@ -284,6 +284,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         CREATE INDEX user_terms_shard ON user_terms (shard);
         INSERT INTO user_terms (term, username, shard) SELECT username, username, shard FROM users;
+        -- Blocks, on the blocker's server: read there by the sends to the blocker and the
+        -- receipts for them, in the same batch that writes them.
+        CREATE TABLE blocks (
+            shard smallint NOT NULL,
+            owner text COLLATE "C" NOT NULL,
+            blocked text COLLATE "C" NOT NULL,
+            PRIMARY KEY (shard, owner, blocked)
+        );
         """,
     ),
 ]

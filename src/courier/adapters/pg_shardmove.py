@@ -54,6 +54,7 @@ APPENDED = ("timeline", "dedupe")
 MIRRORED = (
     "users",
     "user_terms",
+    "blocks",
     "tokens",
     "sessions",
     "heads",

@@ -90,6 +90,7 @@ from courier.domain.ops import (
     MarkRead,
     PutToken,
     SessionRecord,
+    SetBlock,
     SetProfile,
     Sweep,
     TokenRecord,
@@ -484,6 +485,8 @@ class PgStore:
             self._spawn(self._settle(fut, self.groups.send(op)))
         elif isinstance(op, SetProfile):
             self._spawn(self._settle(fut, self.profiles.set_profile(op)))
+        elif isinstance(op, SetBlock):
+            self._spawn(self._settle(fut, self.profiles.set_block(op)))
         return fut
 
     async def _settle(self, fut: asyncio.Future[Any], work: Any) -> None:
@@ -737,6 +740,12 @@ class PgStore:
 
     async def search_users(self, term: str, limit: int) -> list[UserRecord]:
         return await self.profiles.search(term, limit)
+
+    async def blocks(self, owner: str, limit: int) -> list[str]:
+        return await self.profiles.blocks(owner, limit)
+
+    async def blocked(self, owner: str, other: str) -> bool:
+        return await self.profiles.blocked(owner, other)
 
     async def get_token(self, token_hash: bytes) -> TokenRecord | None:
         row = await self._fetchrow(

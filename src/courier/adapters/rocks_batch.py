@@ -43,6 +43,7 @@ from courier.domain.ops import (
     Published,
     PutToken,
     SendResult,
+    SetBlock,
     SetProfile,
     Sweep,
     TokenRecord,
@@ -99,6 +100,7 @@ class Batch(GroupOps, SocialOps):
                     K.head_key(r),
                     K.meta_key(s, r),
                     K.meta_key(r, s),
+                    K.block_key(r, s),
                 )
                 if r not in self.known_users:
                     keys.append(K.user_key(r))
@@ -276,6 +278,8 @@ class Batch(GroupOps, SocialOps):
             raise bad_request("A message needs a recipient other than its sender.")
         if not self.user_exists(recipient):
             raise unknown_user(recipient)
+        if self.blocked(recipient, sender):
+            return self._outgoing_only(op, dkey)
         rseq = self.next_seq(recipient)
         sseq = self.next_seq(sender)
         # The two copies differ only in seq, which leads the JSON: encode once, splice twice.
@@ -309,6 +313,33 @@ class Batch(GroupOps, SocialOps):
             op.client_id,
             False,
             (Published(recipient, rseq, incoming), Published(sender, sseq, outgoing)),
+        )
+        self._sent[dkey] = result
+        return result
+
+    def _outgoing_only(self, op: AppendMessage, dkey: bytes) -> SendResult:
+        """A send to someone who blocked the sender: answered as usual, stored in the
+        sender's timeline alone (counterpart 0: no incoming copy exists)."""
+        sseq = self.next_seq(op.sender)
+        outgoing = encode_event(
+            MessageEvent(
+                seq=sseq,
+                id=op.id,
+                from_=op.sender,
+                to=op.recipient,
+                body=op.body,
+                ts=op.ts,
+                client_id=op.client_id,
+            )
+        )
+        self.wb.put(
+            K.timeline_key(op.sender, sseq),
+            K.timeline_value(K.KIND_OUT, 0, op.recipient, outgoing),
+        )
+        self._touch_conversation(op.sender, op.recipient, sseq, 0, incoming=False)
+        self.put(dkey, K.pack_u64(sseq))
+        result = SendResult(
+            op.id, sseq, op.ts, op.client_id, False, (Published(op.sender, sseq, outgoing),)
         )
         self._sent[dkey] = result
         return result
@@ -409,6 +440,8 @@ class Batch(GroupOps, SocialOps):
         return tuple(newest.items())
 
     def append_receipt(self, op: AppendReceipt) -> Published | None:
+        if not op.group and self.blocked(op.owner, op.peer):
+            return None  # the owner blocked the reader: no receipt from them
         key = K.receipt_key(op.owner, op.peer, op.status, op.group)
         raw = self.get(key)
         if raw is not None and K.unpack_u64(raw) >= op.up_to:
@@ -563,6 +596,7 @@ _HANDLERS: dict[type, str] = {
     DeleteToken: "delete_token",
     TouchToken: "touch_token",
     SetProfile: "set_profile",
+    SetBlock: "set_block",
     AppendMessage: "append_message",
     AdvanceAck: "advance_ack",
     MarkRead: "mark_read",

@@ -68,6 +68,15 @@ def user_of_term_key(key: bytes) -> str:
     return key[key.rindex(SEP) + 1 :].decode()
 
 
+def block_prefix(owner: str) -> bytes:
+    return b"b" + _u(owner) + SEP
+
+
+def block_key(owner: str, target: str) -> bytes:
+    """`owner` has blocked `target` (the value is empty)."""
+    return block_prefix(owner) + _u(target)
+
+
 def head_key(user: str) -> bytes:
     return b"h" + _u(user)
 

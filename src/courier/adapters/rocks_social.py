@@ -1,5 +1,6 @@
-"""The RocksDB batch's operations on profiles: a user record and its search terms change in
-one WriteBatch, so the index never names a display name the record does not hold."""
+"""The RocksDB batch's operations on profiles and blocks. A user record and its search terms
+change in one WriteBatch, so the index never names a display name the record does not hold;
+a block is one key of the blocker's, read by the sends and receipts that it stops."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import msgspec
 from rocksdict import WriteBatch
 
 from courier.adapters import rocks_keys as K
-from courier.domain.ops import SetProfile, UserRecord
+from courier.domain.ops import SetBlock, SetProfile, UserRecord
 from courier.domain.profiles import search_terms
 
 
@@ -42,3 +43,14 @@ class SocialOps:
             self.put(K.user_key(op.username), msgspec.msgpack.encode(record))
             self.index_user(record, old)
         return record
+
+    def set_block(self, op: SetBlock) -> None:
+        key = K.block_key(op.owner, op.target)
+        if op.on:
+            self.put(key, b"")
+        else:
+            self.delete(key)
+
+    def blocked(self, owner: str, other: str) -> bool:
+        """`owner` has blocked `other` (as of this batch)."""
+        return self.get(K.block_key(owner, other)) is not None

@@ -333,6 +333,22 @@ class RocksStore:
         raws = self._multi_get([K.user_key(u) for u in names])
         return [msgspec.msgpack.decode(r, type=UserRecord) for r in raws if r is not None]
 
+    async def blocks(self, owner: str, limit: int) -> list[str]:
+        prefix = K.block_prefix(owner)
+        it = self.db.iter()
+        it.seek(prefix)
+        out: list[str] = []
+        while len(out) < limit and it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            out.append(key[len(prefix) :].decode())
+            it.next()
+        return out
+
+    async def blocked(self, owner: str, other: str) -> bool:
+        return self.db.get(K.block_key(owner, other)) is not None
+
     async def get_token(self, token_hash: bytes) -> TokenRecord | None:
         raw = self.db.get(K.token_key(token_hash))
         return None if raw is None else msgspec.msgpack.decode(raw, type=TokenRecord)

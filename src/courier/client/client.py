@@ -199,6 +199,17 @@ class Client:
         """Users whose username or display name (or a word of it) starts with ``q``."""
         return await self._http().search_users(q, limit)
 
+    async def block(self, username: str) -> None:
+        """Stop ``username``'s messages, receipts, typing and presence from reaching us."""
+        await self._http().block(username)
+
+    async def unblock(self, username: str) -> None:
+        await self._http().unblock(username)
+
+    async def blocks(self) -> list[str]:
+        """The users we have blocked."""
+        return await self._http().blocks()
+
     # -- groups ------------------------------------------------------------------------------
 
     async def create_group(self, name: str, members: list[str]) -> Group:

@@ -158,6 +158,10 @@ class ProfileList(msgspec.Struct):
     users: list[Profile]
 
 
+class BlockList(msgspec.Struct):
+    blocks: list[str]
+
+
 class Session(msgspec.Struct):
     token: str
     username: str

@@ -10,6 +10,7 @@ import msgspec
 
 from courier.client.errors import AuthError, CourierError, RateLimited, error_from
 from courier.client.events import (
+    BlockList,
     Conversation,
     ErrorBody,
     EventPage,
@@ -144,6 +145,15 @@ class HttpApi:
     async def search_users(self, q: str, limit: int = 10) -> list[Profile]:
         params = {"q": q, "limit": str(limit)}
         return (await self._get("/v1/users", ProfileList, params=params)).users
+
+    async def block(self, username: str) -> None:
+        await self._call("PUT", f"/v1/blocks/{quote(username, safe='')}")
+
+    async def unblock(self, username: str) -> None:
+        await self._call("DELETE", f"/v1/blocks/{quote(username, safe='')}")
+
+    async def blocks(self) -> list[str]:
+        return (await self._get("/v1/blocks", BlockList)).blocks
 
     # -- groups --------------------------------------------------------------------------------
     async def create_group(self, name: str, members: list[str]) -> Group:

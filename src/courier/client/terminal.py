@@ -420,6 +420,22 @@ async def _users(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _block(args: argparse.Namespace) -> int:
+    """`courier block [USER]` / `courier unblock USER`: block, unblock, or list the blocked."""
+    url, token = resolve(args)
+    async with Client(url, token) as client:
+        if args.user is None:
+            for name in await client.blocks():
+                _say(name)
+        elif args.command == "unblock":
+            await client.unblock(args.user)
+            _say(f"unblocked {args.user}")
+        else:
+            await client.block(args.user)
+            _say(f"blocked {args.user}")
+    return 0
+
+
 async def _stdin_lines() -> AsyncIterator[str]:
     """Lines of stdin, read on a daemon thread so a blocked read never holds up exit."""
     loop = asyncio.get_running_loop()
@@ -490,6 +506,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     users.add_argument("query", nargs="+", help="the start of a username or display name")
     users.add_argument("--limit", type=int, default=10, help="at most this many (max 20)")
     users.set_defaults(func=_command(_users))
+
+    block = subparsers.add_parser("block", parents=[auth], help="block a user, or list blocks")
+    block.add_argument("user", nargs="?", help="who (omitted: list the users you blocked)")
+    block.set_defaults(func=_command(_block))
+    unblock = subparsers.add_parser("unblock", parents=[auth], help="unblock a user")
+    unblock.add_argument("user")
+    unblock.set_defaults(func=_command(_block))
 
     group = subparsers.add_parser(
         "group",

@@ -67,6 +67,15 @@ class SetProfile(msgspec.Struct, frozen=True):
     display_name: str
 
 
+class SetBlock(msgspec.Struct, frozen=True):
+    """`owner` blocks (`on`) or unblocks `target`: from then on the target's 1:1 messages,
+    receipts, typing and presence do not reach the owner. Idempotent; the result is None."""
+
+    owner: str
+    target: str
+    on: bool
+
+
 class AppendMessage(msgspec.Struct, frozen=True):
     """A 1:1 message: appended to the recipient's timeline, then to the sender's."""
 
@@ -199,6 +208,7 @@ WriteOp = (
     | DeleteToken
     | TouchToken
     | SetProfile
+    | SetBlock
     | AppendMessage
     | AppendGroupMessage
     | CreateGroup

@@ -138,11 +138,15 @@ class Delivery:
             )
         else:
             self._metrics.hot.messages_sent += 1
-            incoming, outgoing = result.published
+            # The incoming copy, then the outgoing one; a recipient who blocked the sender
+            # has no incoming copy.
+            *incoming, outgoing = result.published
+            for pub in incoming:
+                if self._recent is not None:
+                    self._recent.invalidate(pub.user)
+                self._publish(pub, t0=t0)
             if self._recent is not None:
-                self._recent.invalidate(incoming.user)
                 self._recent.invalidate(outgoing.user)
-            self._publish(incoming, t0=t0)
             self._publish(outgoing, skip=skip)
         if not answer.done():
             answer.set_result(result)
@@ -276,6 +280,8 @@ class Delivery:
         self._typing_limit.check(session.username)
         if await self._store.get_user(to) is None:
             raise unknown_user(to)
+        if await self._store.blocked(to, session.username):
+            return  # dropped; the blocked sender is not told
         self._broker.publish(Envelope(to, TYPING, 0, typing_frame(session.username)))
 
     # ---- conversations and history ------------------------------------------------------

@@ -1,25 +1,31 @@
-"""HTTP routes of profiles and people search (PROTOCOL.md, "Profiles and finding people")."""
+"""HTTP routes of profiles, people search and blocks (PROTOCOL.md, "Profiles and finding
+people", "Blocking")."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from courier.domain.profiles import SEARCH_LIMIT_DEFAULT
+from courier.service.blocks import Blocks
 from courier.service.profiles import Profiles
 from courier.transport import wire
 from courier.transport.http_api import HttpApi, json_response, limit_param
 
 
 class ProfileRoutes:
-    def __init__(self, api: HttpApi, profiles: Profiles) -> None:
+    def __init__(self, api: HttpApi, profiles: Profiles, blocks: Blocks) -> None:
         self.api = api
         self.profiles = profiles
+        self.blocks = blocks
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/v1/me", self.me),
             web.patch("/v1/me", self.update),
             web.get("/v1/users", self.search),
+            web.get("/v1/blocks", self.list_blocks),
+            web.put("/v1/blocks/{username}", self.block),
+            web.delete("/v1/blocks/{username}", self.unblock),
         ]
 
     async def me(self, request: web.Request) -> web.Response:
@@ -37,3 +43,17 @@ class ProfileRoutes:
         limit = limit_param(request, SEARCH_LIMIT_DEFAULT)
         users = await self.profiles.search(session, q, limit)
         return json_response({"users": users})
+
+    async def list_blocks(self, request: web.Request) -> web.Response:
+        session = await self.api.session(request)
+        return json_response({"blocks": await self.blocks.list(session)})
+
+    async def block(self, request: web.Request) -> web.Response:
+        session = await self.api.session(request)
+        await self.blocks.block(session, request.match_info["username"])
+        return web.Response(status=204)
+
+    async def unblock(self, request: web.Request) -> web.Response:
+        session = await self.api.session(request)
+        await self.blocks.unblock(session, request.match_info["username"])
+        return web.Response(status=204)

@@ -39,9 +39,66 @@ def profile_components() -> dict[str, Any]:
     }
 
 
+def _blocks_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
+    name = {"name": "username", "in": "path", "required": True, "schema": {"type": "string"}}
+    refused = {
+        "400": _error("`bad_request`: the caller's own name."),
+        "404": _error("`unknown_user`: no such user."),
+    }
+    return {
+        "/v1/blocks": {
+            "get": {
+                "operationId": "blocks",
+                "summary": "The users the caller has blocked, in name order",
+                "security": secured,
+                "responses": _answers(
+                    {
+                        "200": {
+                            "description": "Blocked users",
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "required": ["blocks"],
+                                    "properties": {
+                                        "blocks": {"type": "array", "items": {"type": "string"}}
+                                    },
+                                }
+                            ),
+                        }
+                    }
+                ),
+            }
+        },
+        "/v1/blocks/{username}": {
+            "put": {
+                "operationId": "block",
+                "summary": "Block a user: their 1:1 messages, receipts, typing and presence no"
+                " longer reach the caller (they are not told); idempotent",
+                "security": secured,
+                "parameters": [name],
+                "responses": _answers(
+                    {
+                        "204": {"description": "Blocked"},
+                        **refused,
+                        "409": _error("`too_many_blocks`: the caller has blocked 1000 users."),
+                    }
+                ),
+            },
+            "delete": {
+                "operationId": "unblock",
+                "summary": "Unblock a user; idempotent",
+                "security": secured,
+                "parameters": [name],
+                "responses": _answers({"204": {"description": "Unblocked"}, **refused}),
+            },
+        },
+    }
+
+
 def profile_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
     profile = {"description": "The caller's profile", **_json(_ref("Profile"))}
     return {
+        **_blocks_paths(secured),
         "/v1/me": {
             "get": {
                 "operationId": "me",

@@ -26,6 +26,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     frame_burst: int = 2000
     typing_rate: float = 5.0
     typing_burst: int = 10
+    presence_grace_s: float = 10.0  # seconds after the last connection closes before offline
     search_rate: float = 2.0  # people searches per second per user
     search_burst: int = 20
     group_max_members: int = 1000  # members of one group, its owner included
@@ -140,6 +141,7 @@ def _check(s: Settings) -> None:
         "typing_rate",
         "typing_burst",
         "search_rate",
+        "presence_grace_s",
         "search_burst",
         "group_max_members",
         "user_max_groups",

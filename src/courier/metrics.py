@@ -105,5 +105,11 @@ class Metrics:
             registry=r,
         )
 
+        self.presence_frames = Counter(
+            "courier_presence_frames",
+            "Presence frames published to contacts (after coalescing).",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

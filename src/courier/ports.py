@@ -52,6 +52,14 @@ class Store(Protocol):
         """`owner` has blocked `other`: a point read."""
         ...
 
+    async def blockers_among(self, user: str, owners: list[str]) -> set[str]:
+        """Those of `owners` who have blocked `user`: one read per server."""
+        ...
+
+    async def contacts_among(self, user: str, candidates: list[str]) -> set[str]:
+        """Those of `candidates` with whom `user` has a 1:1 conversation."""
+        ...
+
     async def get_token(self, token_hash: bytes) -> TokenRecord | None: ...
 
     async def sessions(self, user: str, limit: int) -> list[SessionRecord]:
@@ -125,6 +133,7 @@ EVENT = 1  # a timeline event (data = wire JSON)
 TYPING = 2  # an ephemeral frame (data = wire JSON)
 REVOKE = 3  # a token was revoked (data = token hash): close connections that used it
 GROUP = 5  # a group message for its members (see Envelope.members)
+PRESENCE_Q = 6  # a question, never delivered: "does a node other than `skip` hold `user`?"
 RESYNC = 4  # the broker may have lost envelopes (it was cut off): every local connection
 # catches up from the store (user = "", handed to every subscriber of the node)
 
@@ -166,6 +175,11 @@ class Broker(Protocol):
 
     async def settled(self) -> None:
         """Return once the watches made so far are in effect (callers bound the wait)."""
+        ...
+
+    async def held_elsewhere(self, user: str) -> bool:
+        """Whether another node holds a connection of `user` now (presence across nodes);
+        False when no answer comes in a fraction of a second."""
         ...
 
 

@@ -28,6 +28,7 @@ from courier.service.accounts import Accounts
 from courier.service.blocks import Blocks
 from courier.service.delivery import Delivery
 from courier.service.groups import Groups
+from courier.service.presence import Presence
 from courier.service.profiles import Profiles
 from courier.service.registry import Registry
 from courier.service.retention import run_retention
@@ -131,6 +132,14 @@ class Server:
             self.store, search_rate=settings.search_rate, search_burst=settings.search_burst
         )
         self.blocks = Blocks(self.store)
+        self.presence = Presence(
+            self.store,
+            self.broker,
+            self.metrics,
+            local_count=self.registry.count,
+            grace_s=settings.presence_grace_s,
+        )
+        self.registry.presence = self.presence
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._metrics_listener: asyncio.Server | None = None
@@ -191,7 +200,7 @@ class Server:
         )
         extra = [
             *GroupRoutes(api, self.groups).routes(),
-            *ProfileRoutes(api, self.profiles, self.blocks).routes(),
+            *ProfileRoutes(api, self.profiles, self.blocks, self.presence).routes(),
         ]
         app = build_app(api, ws, s.request_max_bytes, extra)
         # Generous line and header bounds so that long-but-well-formed requests reach the
@@ -284,6 +293,7 @@ class Server:
             await self._metrics_runner.cleanup()
             self._metrics_runner = None
         self.accounts.close()
+        self.presence.close()
         if self.registry.groups is not None:
             await self.registry.groups.close()
         await self.broker.close()

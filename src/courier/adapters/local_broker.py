@@ -43,3 +43,7 @@ class LocalBroker:
 
     async def settled(self) -> None:
         """Always settled."""
+
+    async def held_elsewhere(self, user: str) -> bool:
+        """There is no other node."""
+        return False

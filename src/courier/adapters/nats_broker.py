@@ -24,7 +24,13 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import SlowConsumerError, StaleConnectionError, UnexpectedEOF
+from nats.errors import (
+    NoRespondersError,
+    SlowConsumerError,
+    StaleConnectionError,
+    UnexpectedEOF,
+)
+from nats.errors import TimeoutError as NatsTimeoutError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -32,7 +38,7 @@ from courier.domain.groups import valid_group_id
 from courier.domain.names import valid_username
 from courier.domain.shards import shard_of
 from courier.metrics import Metrics
-from courier.ports import GROUP, RESYNC, REVOKE, Envelope, Sink
+from courier.ports import GROUP, PRESENCE_Q, RESYNC, REVOKE, Envelope, Sink
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,7 @@ GROUP_PREFIX = "courier.g."
 Scheme = Literal["user", "shard"]
 
 _CONNECTION_LOST = (OSError, TimeoutError, UnexpectedEOF, StaleConnectionError)
+PRESENCE_WAIT = 0.25  # seconds a presence question waits for a node to answer
 
 
 def user_token(user: str) -> str:
@@ -329,6 +336,21 @@ class NatsBroker:
         self._dirty.add(subject)
         self._resync.set()
 
+    async def held_elsewhere(self, user: str) -> bool:
+        """A request on the user's own subject: only the nodes holding the user are
+        subscribed to it, and those other than this one answer. With no subscriber NATS says
+        so at once; a node of the shard scheme that does not hold the user stays silent, so
+        silence for PRESENCE_WAIT seconds is "no"."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return False
+        question = self._encode(Envelope(user, PRESENCE_Q, skip=self.node_id))
+        try:
+            await nc.request(self._subject(user), question, timeout=PRESENCE_WAIT)
+        except (NoRespondersError, NatsTimeoutError, TimeoutError, *_CONNECTION_LOST):
+            return False
+        return True
+
     async def settled(self) -> None:
         """Waits until every wanted subject is subscribed and NATS has seen it (a round
         trip). Bound it with asyncio.timeout()."""
@@ -549,6 +571,11 @@ class NatsBroker:
         except msgspec.DecodeError:
             self.counters.undecodable += 1
             log.debug("undecodable envelope on %s (%d bytes)", msg.subject, len(msg.data))
+            return
+        if envelope.kind == PRESENCE_Q:
+            if msg.reply and envelope.user in self._watched and envelope.skip != self.node_id:
+                with contextlib.suppress(*_CONNECTION_LOST):
+                    await msg.respond(b"1")
             return
         if envelope.kind == GROUP:
             self.counters.group_received += 1

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from courier.adapters.pg_movefence import frozen_shards
 from courier.domain.errors import store_unavailable
-from courier.domain.ops import SetBlock, SetProfile, UserRecord
+from courier.domain.ops import SetBlock, SetLastSeen, SetProfile, UserRecord
 from courier.domain.profiles import TOP, search_terms
 from courier.domain.shards import shard_of
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from courier.adapters.pg_store import PgStore
 
 _SEARCH = (
-    "SELECT t.term, u.username, u.password_hash, u.created, u.display_name"
+    "SELECT t.term, u.username, u.password_hash, u.created, u.display_name, u.last_seen"
     " FROM (SELECT DISTINCT ON (username) term, username FROM"
     "  (SELECT term, username FROM user_terms WHERE term >= $1 AND term < $2"
     "   ORDER BY term, username LIMIT $3) AS r ORDER BY username, term) AS t"
@@ -57,6 +57,50 @@ class PgProfiles:
                     op.target,
                 )
 
+    async def set_last_seen(self, op: SetLastSeen) -> None:
+        store = self.store
+        async with store._conn(store.server_of(op.user)) as conn, conn.transaction():
+            if shard_of(op.user) in await frozen_shards(conn):
+                raise store_unavailable()
+            await conn.execute(
+                "UPDATE users SET last_seen = $2 WHERE username = $1 AND last_seen < $2",
+                op.user,
+                op.ts,
+            )
+
+    async def blockers_among(self, user: str, owners: list[str]) -> set[str]:
+        store = self.store
+        by_server: dict[int, list[str]] = {}
+        for owner in owners:
+            by_server.setdefault(store.server_of(owner), []).append(owner)
+        answers = await asyncio.gather(
+            *(
+                store._fetch(
+                    server,
+                    "SELECT owner FROM blocks WHERE (shard, owner) IN"
+                    " (SELECT * FROM unnest($1::int2[], $2::text[])) AND blocked = $3",
+                    [shard_of(o) for o in names],
+                    names,
+                    user,
+                )
+                for server, names in by_server.items()
+            )
+        )
+        return {r[0] for rows in answers for r in rows}
+
+    async def contacts_among(self, user: str, candidates: list[str]) -> set[str]:
+        if not candidates:
+            return set()
+        rows = await self.store._fetch(
+            self.store.server_of(user),
+            "SELECT peer FROM conversations WHERE shard = $1 AND owner = $2"
+            " AND peer = ANY($3::text[])",
+            shard_of(user),
+            user,
+            candidates,
+        )
+        return {r[0] for r in rows}
+
     async def blocks(self, owner: str, limit: int) -> list[str]:
         rows = await self.store._fetch(
             self.store.server_of(owner),
@@ -84,13 +128,13 @@ class PgProfiles:
             if shard in await frozen_shards(conn):
                 raise store_unavailable()  # the user's shard is moving: retry
             row = await conn.fetchrow(
-                "SELECT password_hash, created, display_name FROM users"
+                "SELECT password_hash, created, display_name, last_seen FROM users"
                 " WHERE username = $1 FOR UPDATE",
                 op.username,
             )
             if row is None:
                 return None
-            record = UserRecord(op.username, row[0], row[1], op.display_name)
+            record = UserRecord(op.username, row[0], row[1], op.display_name, row[3])
             if row[2] == op.display_name:
                 return record
             await conn.execute(
@@ -130,5 +174,5 @@ class PgProfiles:
         for _term, name, r in found:
             if name not in seen:
                 seen.add(name)
-                out.append(UserRecord(name, r[2], r[3], r[4]))
+                out.append(UserRecord(name, r[2], r[3], r[4], r[5]))
         return out[:limit]

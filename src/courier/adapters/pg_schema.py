@@ -275,7 +275,8 @@ MIGRATIONS: list[tuple[int, str]] = [
         -- the username, the folded display name and its later words) sit on the user's server;
         -- a search reads the range of terms starting with the query on every server. The
         -- terms are byte-ordered (COLLATE "C"), so a prefix is a plain index range.
-        ALTER TABLE users ADD COLUMN display_name text NOT NULL DEFAULT '';
+        ALTER TABLE users ADD COLUMN display_name text NOT NULL DEFAULT '',
+            ADD COLUMN last_seen bigint NOT NULL DEFAULT 0;
         CREATE TABLE user_terms (
             term text COLLATE "C" NOT NULL,
             username text COLLATE "C" NOT NULL,

@@ -91,6 +91,7 @@ from courier.domain.ops import (
     PutToken,
     SessionRecord,
     SetBlock,
+    SetLastSeen,
     SetProfile,
     Sweep,
     TokenRecord,
@@ -487,6 +488,8 @@ class PgStore:
             self._spawn(self._settle(fut, self.profiles.set_profile(op)))
         elif isinstance(op, SetBlock):
             self._spawn(self._settle(fut, self.profiles.set_block(op)))
+        elif isinstance(op, SetLastSeen):
+            self._spawn(self._settle(fut, self.profiles.set_last_seen(op)))
         return fut
 
     async def _settle(self, fut: asyncio.Future[Any], work: Any) -> None:
@@ -733,10 +736,10 @@ class PgStore:
     async def get_user(self, username: str) -> UserRecord | None:
         row = await self._fetchrow(
             self.server_of(username),
-            "SELECT password_hash, created, display_name FROM users WHERE username = $1",
+            "SELECT password_hash, created, display_name, last_seen FROM users WHERE username = $1",
             username,
         )
-        return None if row is None else UserRecord(username, row[0], row[1], row[2])
+        return None if row is None else UserRecord(username, row[0], row[1], row[2], row[3])
 
     async def search_users(self, term: str, limit: int) -> list[UserRecord]:
         return await self.profiles.search(term, limit)
@@ -746,6 +749,12 @@ class PgStore:
 
     async def blocked(self, owner: str, other: str) -> bool:
         return await self.profiles.blocked(owner, other)
+
+    async def blockers_among(self, user: str, owners: list[str]) -> set[str]:
+        return await self.profiles.blockers_among(user, owners)
+
+    async def contacts_among(self, user: str, candidates: list[str]) -> set[str]:
+        return await self.profiles.contacts_among(user, candidates)
 
     async def get_token(self, token_hash: bytes) -> TokenRecord | None:
         row = await self._fetchrow(

@@ -10,7 +10,7 @@ import msgspec
 from rocksdict import WriteBatch
 
 from courier.adapters import rocks_keys as K
-from courier.domain.ops import SetBlock, SetProfile, UserRecord
+from courier.domain.ops import SetBlock, SetLastSeen, SetProfile, UserRecord
 from courier.domain.profiles import search_terms
 
 
@@ -54,3 +54,12 @@ class SocialOps:
     def blocked(self, owner: str, other: str) -> bool:
         """`owner` has blocked `other` (as of this batch)."""
         return self.get(K.block_key(owner, other)) is not None
+
+    def set_last_seen(self, op: SetLastSeen) -> None:
+        raw = self.get(K.user_key(op.user))
+        if raw is None:
+            return
+        record = msgspec.msgpack.decode(raw, type=UserRecord)
+        if op.ts > record.last_seen:
+            seen = msgspec.structs.replace(record, last_seen=op.ts)
+            self.put(K.user_key(op.user), msgspec.msgpack.encode(seen))

@@ -349,6 +349,18 @@ class RocksStore:
     async def blocked(self, owner: str, other: str) -> bool:
         return self.db.get(K.block_key(owner, other)) is not None
 
+    async def blockers_among(self, user: str, owners: list[str]) -> set[str]:
+        if not owners:
+            return set()
+        found = self._multi_get([K.block_key(o, user) for o in owners])
+        return {o for o, raw in zip(owners, found, strict=True) if raw is not None}
+
+    async def contacts_among(self, user: str, candidates: list[str]) -> set[str]:
+        if not candidates:
+            return set()
+        found = self._multi_get([K.meta_key(user, c) for c in candidates])
+        return {c for c, raw in zip(candidates, found, strict=True) if raw is not None}
+
     async def get_token(self, token_hash: bytes) -> TokenRecord | None:
         raw = self.db.get(K.token_key(token_hash))
         return None if raw is None else msgspec.msgpack.decode(raw, type=TokenRecord)

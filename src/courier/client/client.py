@@ -20,6 +20,7 @@ from courier.client.events import (
     Group,
     Hello,
     HistoryPage,
+    Presence,
     Profile,
     Sent,
     Typing,
@@ -295,8 +296,8 @@ class Client:
         unacked = False  # something was yielded since the last ack
         try:
             async for event, idle in source:
-                if isinstance(event, Typing):
-                    yield event
+                if isinstance(event, Typing | Presence):
+                    yield event  # ephemeral: no seq
                     continue
                 self.last_seq = event.seq
                 unacked = True

@@ -37,6 +37,15 @@ class Typing(msgspec.Struct, tag="typing", tag_field="type", rename={"from_": "f
     group: str | None = None
 
 
+class Presence(msgspec.Struct, tag="presence", tag_field="type"):
+    """A contact came online or went offline (``last_seen``: when their last connection
+    closed, or now when online); ephemeral, never stored, carries no seq."""
+
+    user: str
+    online: bool
+    last_seen: int = 0
+
+
 class GroupChange(msgspec.Struct, tag="group", tag_field="type"):
     """A membership event of ``group``: ``action`` is created, added, removed, left, renamed
     or role; ``member`` and ``role`` say who and what where that applies."""
@@ -94,9 +103,19 @@ class ErrorFrame(msgspec.Struct, tag="error", tag_field="type"):
 
 
 TimelineEvent = Message | Receipt | GroupChange | Unknown
-Event = Message | Receipt | GroupChange | Unknown | Typing
+Event = Message | Receipt | GroupChange | Unknown | Typing | Presence
 ServerFrame = (
-    Message | Receipt | GroupChange | Typing | Sent | Hello | Synced | Pong | ErrorFrame | Unknown
+    Message
+    | Receipt
+    | GroupChange
+    | Typing
+    | Presence
+    | Sent
+    | Hello
+    | Synced
+    | Pong
+    | ErrorFrame
+    | Unknown
 )
 _Known = Message | Receipt | GroupChange
 
@@ -176,7 +195,9 @@ class ErrorBody(msgspec.Struct):
     error: WireError
 
 
-_Frame = Message | Receipt | GroupChange | Typing | Sent | Hello | Synced | Pong | ErrorFrame
+_Frame = (
+    Message | Receipt | GroupChange | Typing | Presence | Sent | Hello | Synced | Pong | ErrorFrame
+)
 _frame_decoder: msgspec.json.Decoder[_Frame] = msgspec.json.Decoder(_Frame)
 _unknown_decoder = msgspec.json.Decoder(Unknown)
 _known_decoder: msgspec.json.Decoder[_Known] = msgspec.json.Decoder(_Known)

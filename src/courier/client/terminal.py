@@ -28,7 +28,7 @@ import msgspec
 
 from courier.client.client import Client, new_client_id
 from courier.client.errors import CourierError
-from courier.client.events import Event, GroupChange, Message, Receipt, Typing, Unknown
+from courier.client.events import Event, GroupChange, Message, Presence, Receipt, Typing, Unknown
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 CONFIG_ENV = "COURIER_CLIENT_CONFIG"
@@ -119,6 +119,8 @@ def format_event(event: Event) -> str:
         return f"{_clock(event.ts)} #{event.seq} [{event.group}] {describe_change(event)}"
     if isinstance(event, Unknown):
         return f"#{event.seq} ({event.type})"
+    if isinstance(event, Presence):
+        return f"{event.user} is {'online' if event.online else 'offline'}"
     where = f" in [{event.group}]" if event.group else ""
     return f"{event.from_} is typing{where}"
 
@@ -260,6 +262,10 @@ async def _chat(args: argparse.Namespace) -> int:
                     if event.from_ == peer and now - typing_shown > TYPING_QUIET:
                         typing_shown = now
                         _say(f"* {peer} is typing")
+                    continue
+                if isinstance(event, Presence):
+                    if event.user == peer:
+                        _say(f"* {peer} is {'online' if event.online else 'offline'}")
                     continue
                 if not isinstance(event, Message) or peer not in (event.from_, event.to):
                     continue

@@ -33,6 +33,7 @@ from courier.client.events import (
     GroupChange,
     Hello,
     Message,
+    Presence,
     Receipt,
     Sent,
     Synced,
@@ -317,7 +318,7 @@ class Subscription:
             frame = decode_frame(msg.data)
             if isinstance(frame, Message | Receipt | GroupChange | Unknown):
                 await self._offer(frame)
-            elif isinstance(frame, Typing):
+            elif isinstance(frame, Typing | Presence):
                 if len(self._buffer) < self._max_buffer:
                     self._push(frame)
             elif isinstance(frame, Sent):

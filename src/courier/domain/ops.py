@@ -76,6 +76,13 @@ class SetBlock(msgspec.Struct, frozen=True):
     on: bool
 
 
+class SetLastSeen(msgspec.Struct, frozen=True):
+    """`user` went offline: their last connection closed at `ts` (only ever moves up)."""
+
+    user: str
+    ts: int
+
+
 class AppendMessage(msgspec.Struct, frozen=True):
     """A 1:1 message: appended to the recipient's timeline, then to the sender's."""
 
@@ -209,6 +216,7 @@ WriteOp = (
     | TouchToken
     | SetProfile
     | SetBlock
+    | SetLastSeen
     | AppendMessage
     | AppendGroupMessage
     | CreateGroup
@@ -227,6 +235,7 @@ class UserRecord(msgspec.Struct, frozen=True):
     password_hash: str
     created: int
     display_name: str = ""
+    last_seen: int = 0  # when the user's last connection closed (0: never recorded)
 
 
 class TokenRecord(msgspec.Struct, frozen=True):

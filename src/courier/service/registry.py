@@ -16,6 +16,12 @@ from courier.ports import EVENT, GROUP, RESYNC, REVOKE, Broker, Envelope, Store
 from courier.service.group_watch import GroupWatch
 
 
+class PresenceHooks(Protocol):
+    def connected(self, user: str) -> None: ...
+
+    def disconnected(self, user: str) -> None: ...
+
+
 class Subscriber(Protocol):
     user: str
     conn_id: str
@@ -35,6 +41,7 @@ class Registry:
         self.max_per_user = max_per_user
         self._by_user: dict[str, set[Subscriber]] = {}
         self.groups: GroupWatch | None = None  # set when the node must watch groups
+        self.presence: PresenceHooks | None = None  # told of first and last connections
 
     def watch_groups(self, store: Store) -> GroupWatch:
         """Watch the groups of the users held here (cluster brokers need it)."""
@@ -53,6 +60,8 @@ class Registry:
             self._broker.watch(sub.user)
             if self.groups is not None:
                 self.groups.online(sub.user)
+            if self.presence is not None:
+                self.presence.connected(sub.user)
         elif len(subs) >= self.max_per_user:
             raise too_many_connections(self.max_per_user)
         subs.add(sub)
@@ -72,6 +81,8 @@ class Registry:
             self._broker.unwatch(sub.user)
             if self.groups is not None:
                 self.groups.offline(sub.user)
+            if self.presence is not None:
+                self.presence.disconnected(sub.user)
 
     def count(self, user: str) -> int:
         return len(self._by_user.get(user, ()))

@@ -95,10 +95,59 @@ def _blocks_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
     }
 
 
+_PRESENCE = {
+    "type": "object",
+    "required": ["presence"],
+    "properties": {
+        "presence": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["user", "online", "last_seen"],
+                "properties": {
+                    "user": {"type": "string"},
+                    "online": {"type": ["boolean", "null"]},
+                    "last_seen": {"type": ["integer", "null"]},
+                },
+            },
+        }
+    },
+}
+
+
+def _presence_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
+    return {
+        "/v1/presence": {
+            "get": {
+                "operationId": "presence",
+                "summary": "Whether some users are online, and when they were last seen; null"
+                " for anyone who is not a contact of the caller",
+                "security": secured,
+                "parameters": [
+                    {
+                        "name": "users",
+                        "in": "query",
+                        "required": True,
+                        "description": "1..100 usernames separated by commas",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 3300},
+                    }
+                ],
+                "responses": _answers(
+                    {
+                        "200": {"description": "One entry per name asked", **_json(_PRESENCE)},
+                        "400": _error("`bad_request`: no names, or more than 100."),
+                    }
+                ),
+            }
+        }
+    }
+
+
 def profile_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
     profile = {"description": "The caller's profile", **_json(_ref("Profile"))}
     return {
         **_blocks_paths(secured),
+        **_presence_paths(secured),
         "/v1/me": {
             "get": {
                 "operationId": "me",

@@ -329,3 +329,24 @@ async def test_close_while_nats_is_down_returns_promptly(
     a.broker.publish(Envelope("jill", EVENT, 1, b"x"))
     await asyncio.wait_for(a.broker.close(), 3)
     assert not a.broker.healthy
+
+
+@SCHEMES
+async def test_presence_questions_are_answered_by_the_other_nodes_holding_the_user(
+    nats_server: NatsServer, make_node: NodeFactory, scheme: str
+) -> None:
+    held, other = same_shard_users(2)
+    a, b = await make_node("a", scheme), await make_node("b", scheme)
+    b.broker.watch(held)
+    a.broker.watch(other)
+    await synced(a, b)
+    assert await a.broker.held_elsewhere(held)
+    assert not await b.broker.held_elsewhere(held)  # only b holds it: b itself does not count
+    assert not await b.broker.held_elsewhere(other + "x")
+    a.broker.watch(held)
+    await synced(a)
+    assert await b.broker.held_elsewhere(held)
+    b.broker.unwatch(held)
+    await synced(b)
+    assert not await a.broker.held_elsewhere(held)
+    assert b.got == [] and a.got == []  # questions are never delivered as envelopes

@@ -16,6 +16,7 @@ import uvloop
 
 from bench import (
     p1_search,
+    p2_presence,
     r1_storm,
     s1_groups,
     s1_postgres,
@@ -33,7 +34,23 @@ from bench.common import Result, Settings, Target, console
 from bench.report import emit, median_of, write_summary
 from bench.server import ServerProcess, raise_fd_limit
 
-ORDER = ["W1", "W1C", "W2", "W3", "W3C", "W5", "W6", "W6C", "R1", "S1", "S1P", "S1G", "P1", "W4"]
+ORDER = [
+    "W1",
+    "W1C",
+    "W2",
+    "W3",
+    "W3C",
+    "W5",
+    "W6",
+    "W6C",
+    "R1",
+    "S1",
+    "S1P",
+    "S1G",
+    "P1",
+    "P2",
+    "W4",
+]
 OWN_SERVER = {"R1", "W6"}  # kills and restarts the server it runs against: never with --url
 CLUSTER_RUNS: dict[str, Callable[[Settings], Awaitable[Result]]] = {
     "W1C": w1_cluster.run,
@@ -119,6 +136,8 @@ async def run_once(name: str, settings: Settings, url: str | None, pid: int | No
         return await s1_groups.run(settings)
     if name == "P1":
         return await p1_search.run(settings)
+    if name == "P2":
+        return await p2_presence.run(settings)
     if name == "W4":
         return await w4_history.run(settings, Target(url, pid) if url else None)
     if name == "R1":

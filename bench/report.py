@@ -126,6 +126,13 @@ def _notes(r: Result) -> str:
                 f"{store}: {_fmt(r.get('users'))} users, search p50 {_fmt(lat.get('p50'))} / "
                 f"p99 {_fmt(lat.get('p99'))} ms, {_fmt(f.get('searches_per_s'))}/s one at a time"
             )
+    if w == "P2":
+        notes.append(
+            f"{_fmt(r.get('contacts'))} contacts: {_fmt(r.get('storm_frames_per_connect'))} "
+            f"frames and {_fmt(r.get('storm_cpu_ms_per_connect'))} CPU-ms per reconnect in a "
+            f"storm; {_fmt(r.get('frames_per_change'))} frames and "
+            f"{_fmt(r.get('cpu_ms_per_change'))} CPU-ms per real change"
+        )
     if w == "W4":
         notes.append(f"store of {_fmt(r.get('store_messages'))} messages, {r.get('pages')} pages")
     if r.get("error"):

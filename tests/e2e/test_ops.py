@@ -111,7 +111,7 @@ ERRORS: list[tuple[str, str, Any, int, str]] = [
     ("GET", "/v1", None, 404, "not_found"),
     ("POST", "/healthz", {}, 405, "method_not_allowed"),
     ("PUT", "/v1/messages", {}, 405, "method_not_allowed"),
-    ("GET", "/v1/users", None, 405, "method_not_allowed"),
+    ("PUT", "/v1/users", None, 405, "method_not_allowed"),
     ("DELETE", "/v1/conversations", None, 405, "method_not_allowed"),
     ("POST", "/v1/ws", None, 405, "method_not_allowed"),
     ("GET", "/v1/events", None, 401, "unauthorized"),

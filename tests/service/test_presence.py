@@ -33,10 +33,8 @@ def frames(dev: Device) -> list[dict[str, Any]]:
 
 
 async def settle(p: Presence) -> None:
-    for _ in range(50):
-        await asyncio.sleep(0.01)
-        if not p._tasks:
-            return
+    await asyncio.sleep(0.01)  # the broker's hand-off, then the changes in flight
+    await p.idle()
 
 
 async def contacts(stack: Stack, *names: str) -> list[Any]:

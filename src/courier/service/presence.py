@@ -94,6 +94,11 @@ class Presence:
         if self._local_count(user) == 0:
             self._spawn(self._went_offline(user, closed_at))
 
+    async def idle(self) -> None:
+        """Return once the changes being told now are told (tests and the bench)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
     def close(self) -> None:
         for timer in self._grace.values():
             timer.cancel()

@@ -279,10 +279,6 @@ class Batch(GroupOps, SocialOps):
             raise bad_request("A message needs a recipient other than its sender.")
         if not self.user_exists(recipient):
             raise unknown_user(recipient)
-        if self.blocked(recipient, sender):
-            return self._outgoing_only(op, dkey)
-        rseq = self.next_seq(recipient)
-        sseq = self.next_seq(sender)
         # The two copies differ only in seq, which leads the JSON: encode once, splice twice.
         tail = message_tail(
             MessageEvent(
@@ -295,6 +291,10 @@ class Batch(GroupOps, SocialOps):
                 client_id=op.client_id,
             )
         )
+        if self.blocked(recipient, sender):
+            return self._outgoing_only(op, dkey, tail)
+        rseq = self.next_seq(recipient)
+        sseq = self.next_seq(sender)
         incoming = with_seq(rseq, tail)
         outgoing = with_seq(sseq, tail)
         # Recipient first, then sender: within one WriteBatch both land atomically anyway.
@@ -318,21 +318,11 @@ class Batch(GroupOps, SocialOps):
         self._sent[dkey] = result
         return result
 
-    def _outgoing_only(self, op: AppendMessage, dkey: bytes) -> SendResult:
+    def _outgoing_only(self, op: AppendMessage, dkey: bytes, tail: bytes) -> SendResult:
         """A send to someone who blocked the sender: answered as usual, stored in the
         sender's timeline alone (counterpart 0: no incoming copy exists)."""
         sseq = self.next_seq(op.sender)
-        outgoing = encode_event(
-            MessageEvent(
-                seq=sseq,
-                id=op.id,
-                from_=op.sender,
-                to=op.recipient,
-                body=op.body,
-                ts=op.ts,
-                client_id=op.client_id,
-            )
-        )
+        outgoing = with_seq(sseq, tail)
         self.wb.put(
             K.timeline_key(op.sender, sseq),
             K.timeline_value(K.KIND_OUT, 0, op.recipient, outgoing),
